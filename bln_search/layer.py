@@ -1,0 +1,415 @@
+"""The Batch Layer Normalization layer, its epoch-reset callback and helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import keras
+from keras import constraints, initializers, ops, regularizers
+
+from bln_search.config import FLAG_NAMES, StatisticsConfig
+
+_PACKAGE = "bln_search"
+
+
+def _normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon):
+    """BLN's training forward pass with a hand-written backward pass.
+
+    Autodiff of the two normalizations builds about twice the graph a single
+    BatchNormalization does; the closed-form gradient below (the usual
+    normalization backward, once per axis) makes training about 25 % faster.
+    Returns the output and the step's statistics for the population averages:
+    batch mean and variance, and the batch-averaged feature mean and variance.
+    """
+    reduce_axes = list(range(len(x.shape) - 1))
+
+    @ops.custom_gradient
+    def forward(x, gamma, beta):
+        batch_mean, batch_var = ops.moments(x, axes=[0])
+        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
+        batch_rstd = ops.rsqrt(batch_var + epsilon)
+        feature_rstd = ops.rsqrt(feature_var + epsilon)
+        x_batch = (x - batch_mean) * batch_rstd
+        x_feature = (x - feature_mean) * feature_rstd
+        x_hat = feature_weight * x_feature + batch_weight * x_batch
+        outputs = gamma * x_hat + beta
+
+        def backward(*args, upstream=None):
+            grads = args if upstream is None else upstream
+            grad = grads[0] if isinstance(grads, (tuple, list)) else grads
+            g = grad * gamma
+            grad_batch = (batch_weight * batch_rstd) * (
+                g - ops.mean(g, axis=0) - x_batch * ops.mean(g * x_batch, axis=0)
+            )
+            grad_feature = (feature_weight * feature_rstd) * (
+                g
+                - ops.mean(g, axis=-1, keepdims=True)
+                - x_feature * ops.mean(g * x_feature, axis=-1, keepdims=True)
+            )
+            return (
+                grad_batch + grad_feature,
+                ops.sum(grad * x_hat, axis=reduce_axes),
+                ops.sum(grad, axis=reduce_axes),
+            )
+
+        statistics = (
+            batch_mean,
+            batch_var,
+            ops.mean(feature_mean, axis=0),
+            ops.mean(feature_var, axis=0),
+        )
+        return (outputs, *statistics), backward
+
+    return forward(x, gamma, beta)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchLayerNormalization(keras.layers.Layer):
+    """Batch Layer Normalization (BLN): a batch-size-weighted mix of batch and layer norm.
+
+    For an input `x` of shape `(m, d1, ..., dk, C)` the layer computes, in training,
+
+    - `mu_B, var_B`: mean and biased variance over the batch axis (axis 0), so
+      every position and time step keeps its own batch statistics;
+    - `mu_F, var_F`: mean and biased variance over the feature axis (last axis);
+    - `x_hat = ((1/m - delta) * (x - mu_F) / sqrt(var_F + epsilon)
+              + (1 - 1/m - delta) * (x - mu_B) / sqrt(var_B + epsilon)) / sqrt(C)`;
+    - `y = gamma * x_hat + beta`, with `gamma` and `beta` of shape `(C,)`.
+
+    Small batches therefore lean on layer normalization and large ones on batch
+    normalization. Every training step also accumulates population statistics:
+    the step's `mu_B` and `var_B` (the latter with Bessel's correction
+    `m / (m - 1)` when `m > 1`), and the batch averages of `mu_F` and `var_F`.
+    With `momentum=None` (the published method) the population value is the plain
+    average over the steps since the last reset; the
+    `ResetPopulationStatistics` callback resets at the start of every epoch, so
+    after `fit` the population describes the last epoch. With a float `momentum`
+    they are exponential moving averages, as in `BatchNormalization`. Before any
+    training step the population means are 0 and the variances 1.
+
+    **At inference** each of the four statistics comes either from the population
+    (flag `True`) or from the current batch (flag `False`). The mixing weights use
+    the training batch size (the largest batch seen since the last reset), not
+    the inference batch size, so any inference batch size works. The flags are
+    layer state (non-trainable weights): assigning `layer.batch_moving_mean = ...`
+    on a built, compiled model changes the next `predict`/`evaluate` without a
+    rebuild or a retrace. `bln_search.configure(model, config)` sets all four on
+    every BLN layer of a model.
+
+    Args:
+        batch_moving_mean: At inference, use the population batch mean (`True`)
+            or the current batch's mean (`False`).
+        batch_moving_var: Same for the batch variance.
+        feature_moving_mean: Same for the feature mean.
+        feature_moving_var: Same for the feature variance.
+        momentum: `None` (default) to average the population statistics over the
+            steps since the last reset, as published; a float in `[0, 1)` for
+            exponential moving averages `pop = momentum * pop + (1 - momentum) * step`.
+        epsilon: Small float added to the variances. Published value: `1e-3`.
+        delta: Small float subtracted from both mixing weights. Published value:
+            `1e-4`.
+        center: If `True`, add the offset `beta`.
+        scale: If `True`, multiply by `gamma`.
+        beta_initializer: Initializer for `beta`.
+        gamma_initializer: Initializer for `gamma`.
+        beta_regularizer: Optional regularizer for `beta`.
+        gamma_regularizer: Optional regularizer for `gamma`.
+        beta_constraint: Optional constraint for `beta`.
+        gamma_constraint: Optional constraint for `gamma`.
+        **kwargs: Base layer keyword arguments (e.g. `name` and `dtype`).
+
+    Call arguments:
+        inputs: Input tensor of rank 2 or more whose non-batch dimensions are
+            known when the layer is built.
+        training: Python boolean. `True`: normalize with the current batch's
+            statistics and update the population statistics. `False` (default):
+            normalize with the statistics the four flags select.
+
+    Reference:
+
+    - [Ziaee & Cano, 2022](https://arxiv.org/abs/2209.08898), "Batch Layer
+      Normalization, A new normalization layer for CNNs and RNNs".
+    """
+
+    def __init__(
+        self,
+        batch_moving_mean=True,
+        batch_moving_var=True,
+        feature_moving_mean=False,
+        feature_moving_var=False,
+        momentum=None,
+        epsilon=1e-3,
+        delta=1e-4,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if momentum is not None and not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"`momentum` must be None or in [0, 1). Received: momentum={momentum}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.epsilon = float(epsilon)
+        self.delta = float(delta)
+        self.center = center
+        self.scale = scale
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self.beta_constraint = constraints.get(beta_constraint)
+        self.gamma_constraint = constraints.get(gamma_constraint)
+        self.supports_masking = True
+
+        self._flag_values = {}
+        self._flag_variables = {}
+        for name, value in zip(
+            FLAG_NAMES, (batch_moving_mean, batch_moving_var, feature_moving_mean, feature_moving_var)
+        ):
+            self._set_flag(name, value)
+
+        self.gamma = None
+        self.beta = None
+
+    # The four flags: Python booleans before `build`, non-trainable weights after.
+    def _get_flag(self, name):
+        variable = self._flag_variables.get(name)
+        if variable is None:
+            return self._flag_values[name]
+        return bool(ops.convert_to_numpy(variable) > 0.5)
+
+    def _set_flag(self, name, value):
+        if not isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r}")
+        self._flag_values[name] = value
+        variable = self._flag_variables.get(name)
+        if variable is not None:
+            variable.assign(1.0 if value else 0.0)
+
+    batch_moving_mean = property(
+        lambda self: self._get_flag("batch_moving_mean"),
+        lambda self, value: self._set_flag("batch_moving_mean", value),
+        doc="Use the population batch mean at inference.",
+    )
+    batch_moving_var = property(
+        lambda self: self._get_flag("batch_moving_var"),
+        lambda self, value: self._set_flag("batch_moving_var", value),
+        doc="Use the population batch variance at inference.",
+    )
+    feature_moving_mean = property(
+        lambda self: self._get_flag("feature_moving_mean"),
+        lambda self, value: self._set_flag("feature_moving_mean", value),
+        doc="Use the population feature mean at inference.",
+    )
+    feature_moving_var = property(
+        lambda self: self._get_flag("feature_moving_var"),
+        lambda self, value: self._set_flag("feature_moving_var", value),
+        doc="Use the population feature variance at inference.",
+    )
+
+    @property
+    def statistics_config(self) -> StatisticsConfig:
+        """The four flags as a `StatisticsConfig`."""
+        return StatisticsConfig(*(self._get_flag(name) for name in FLAG_NAMES))
+
+    def build(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(
+                f"BatchLayerNormalization needs inputs of rank >= 2 (batch, ..., features). "
+                f"Received: input_shape={input_shape}"
+            )
+        inner = tuple(input_shape[1:])
+        if any(dim is None for dim in inner):
+            raise ValueError(
+                "BatchLayerNormalization keeps batch statistics per position, so every non-batch "
+                f"dimension must be known. Received: input_shape={input_shape}"
+            )
+        channels = inner[-1]
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=(channels,),
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=(channels,),
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        feature_shape = inner[:-1] + (1,)
+
+        def state(name, shape, initializer):
+            return self.add_weight(
+                shape=shape, name=name, initializer=initializer, trainable=False, autocast=False
+            )
+
+        self.moving_batch_mean = state("moving_batch_mean", inner, "zeros")
+        self.moving_batch_variance = state("moving_batch_variance", inner, "ones")
+        self.moving_feature_mean = state("moving_feature_mean", feature_shape, "zeros")
+        self.moving_feature_variance = state("moving_feature_variance", feature_shape, "ones")
+        # Steps averaged since the last reset, and the largest batch among them.
+        self.moving_steps = state("moving_steps", (), "zeros")
+        self.training_batch_size = state("training_batch_size", (), "zeros")
+        for name in FLAG_NAMES:
+            self._flag_variables[name] = state(
+                name, (), initializers.Constant(1.0 if self._flag_values[name] else 0.0)
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={-1: channels})
+
+    def reset_population_statistics(self):
+        """Restarts the population averages: the next training step starts a new average.
+
+        The current values stay readable until that step, so inference between a
+        reset and the next step still sees the previous epoch's statistics.
+        """
+        if self.built:
+            self.moving_steps.assign(0.0)
+            self.training_batch_size.assign(0.0)
+
+    def call(self, inputs, training=None):
+        input_dtype = inputs.dtype
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        dtype = x.dtype
+        channels = x.shape[-1]
+        gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones((channels,), dtype)
+        beta = ops.cast(self.beta, dtype) if self.center else ops.zeros((channels,), dtype)
+        batch_size = ops.cast(ops.shape(x)[0], dtype)
+
+        if training and self.trainable:
+            feature_weight, batch_weight = self._mixing_weights(batch_size, channels)
+            outputs, *statistics = _normalize_for_training(
+                x, gamma, beta, feature_weight, batch_weight, self.epsilon
+            )
+            self._update_population(*statistics, batch_size)
+            return ops.cast(outputs, input_dtype)
+
+        batch_mean, batch_var = ops.moments(x, axes=[0])
+        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
+
+        def pick(flag, population, current):
+            return ops.where(self._flag_variables[flag] > 0.5, ops.cast(population, dtype), current)
+
+        batch_mean = pick("batch_moving_mean", self.moving_batch_mean, batch_mean)
+        batch_var = pick("batch_moving_var", self.moving_batch_variance, batch_var)
+        feature_mean = pick("feature_moving_mean", self.moving_feature_mean, feature_mean)
+        feature_var = pick("feature_moving_var", self.moving_feature_variance, feature_var)
+        trained_size = ops.cast(self.training_batch_size, dtype)
+        feature_weight, batch_weight = self._mixing_weights(
+            ops.where(trained_size > 0, trained_size, batch_size), channels
+        )
+        feature_scale = feature_weight * ops.rsqrt(feature_var + self.epsilon)
+        batch_scale = batch_weight * ops.rsqrt(batch_var + self.epsilon)
+        # gamma * (f * (x - mu_F) + b * (x - mu_B)) + beta, with the per-position
+        # term b * mu_B folded into the offset before it meets the full tensor.
+        offset = beta - gamma * batch_mean * batch_scale
+        outputs = gamma * ((x - feature_mean) * feature_scale + x * batch_scale) + offset
+        return ops.cast(outputs, input_dtype)
+
+    def _mixing_weights(self, batch_size, channels):
+        """`(1/m - delta) / sqrt(C)` and `(1 - 1/m - delta) / sqrt(C)`."""
+        inv_sqrt_c = 1.0 / float(channels) ** 0.5
+        return (
+            (1.0 / batch_size - self.delta) * inv_sqrt_c,
+            (1.0 - 1.0 / batch_size - self.delta) * inv_sqrt_c,
+        )
+
+    def _update_population(self, batch_mean, batch_var, mean_feature_mean, mean_feature_var, batch_size):
+        steps = ops.cast(self.moving_steps, batch_size.dtype)
+        if self.momentum is None:
+            rate = 1.0 / (steps + 1.0)
+        else:
+            rate = ops.cast(1.0 - self.momentum, batch_size.dtype)
+        bessel = ops.where(batch_size > 1.0, batch_size / ops.maximum(batch_size - 1.0, 1.0), 1.0)
+        updates = (
+            (self.moving_batch_mean, batch_mean),
+            (self.moving_batch_variance, batch_var * bessel),
+            (self.moving_feature_mean, mean_feature_mean),
+            (self.moving_feature_variance, mean_feature_var),
+        )
+        for variable, value in updates:
+            current = ops.cast(variable, value.dtype)
+            variable.assign(ops.cast(current + rate * (value - current), variable.dtype))
+        largest = ops.where(steps > 0, ops.maximum(ops.cast(self.training_batch_size, steps.dtype), batch_size), batch_size)
+        self.training_batch_size.assign(ops.cast(largest, self.training_batch_size.dtype))
+        self.moving_steps.assign(ops.cast(steps + 1.0, self.moving_steps.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: self._get_flag(name) for name in FLAG_NAMES})
+        config.update(
+            {
+                "momentum": self.momentum,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "center": self.center,
+                "scale": self.scale,
+                "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
+                "beta_regularizer": regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": constraints.serialize(self.beta_constraint),
+                "gamma_constraint": constraints.serialize(self.gamma_constraint),
+            }
+        )
+        return config
+
+
+class ResetPopulationStatistics(keras.callbacks.Callback):
+    """Restarts every BLN layer's population averages at the start of each epoch.
+
+    This is the published behaviour: after `fit`, the population statistics are
+    the averages over the last epoch's steps. It counts steps as they happen, so
+    it works with any `steps_per_epoch`, partial last batches and datasets of
+    unknown length.
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=5, callbacks=[bln_search.ResetPopulationStatistics()])
+    ```
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in find_bln_layers(self.model):
+            layer.reset_population_statistics()
+
+
+def find_bln_layers(model) -> list[BatchLayerNormalization]:
+    """Every `BatchLayerNormalization` in `model`, nested models and layers included."""
+    if isinstance(model, BatchLayerNormalization):
+        return [model]
+    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, BatchLayerNormalization)]
+
+
+def configure(model, config: StatisticsConfig | Mapping[str, bool]) -> list[BatchLayerNormalization]:
+    """Sets the four inference flags on every BLN layer of `model`; returns those layers.
+
+    `config` is a `StatisticsConfig` or a mapping with exactly the four flags (as
+    `bln_search.load_config` returns). Takes effect on the next `predict` or
+    `evaluate`, without rebuilding or recompiling.
+    """
+    config = StatisticsConfig.from_mapping(config)
+    layers = find_bln_layers(model)
+    if not layers:
+        raise ValueError(f"model {getattr(model, 'name', model)!r} contains no BatchLayerNormalization layer")
+    for layer in layers:
+        for name, value in config.as_dict().items():
+            setattr(layer, name, value)
+    return layers

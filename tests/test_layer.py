@@ -1,0 +1,434 @@
+"""BatchLayerNormalization against the NumPy reference, Keras's harness, and in real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras
+from keras.src import testing
+
+import bln_search
+from bln_search import BatchLayerNormalization, ResetPopulationStatistics, configure, find_bln_layers
+from bln_search.config import FLAG_NAMES, all_configurations
+from tests.reference import ReferenceBLN
+
+ATOL = 1e-4
+SHAPES = {"2d": (5,), "3d": (4, 5), "4d": (3, 4, 5)}
+
+
+def random_layer(inner, rng, **kwargs):
+    layer = BatchLayerNormalization(**kwargs)
+    layer.build((None, *inner))
+    channels = inner[-1]
+    gamma = rng.uniform(0.5, 1.5, channels).astype("float32")
+    beta = rng.normal(size=channels).astype("float32")
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    return layer, ReferenceBLN(gamma, beta, momentum=kwargs.get("momentum"))
+
+
+def batch(rng, m, inner, scale=3.0, shift=1.0):
+    # Features on different scales, so batch and feature statistics differ clearly.
+    return (rng.normal(size=(m, *inner)) * scale * rng.uniform(0.2, 2.0, inner[-1]) + shift).astype("float32")
+
+
+def max_error(actual, expected):
+    return float(np.max(np.abs(keras.ops.convert_to_numpy(actual) - expected)))
+
+
+@pytest.mark.parametrize("rank", SHAPES)
+def test_training_matches_reference(rank):
+    rng = np.random.default_rng(0)
+    inner = SHAPES[rank]
+    layer, reference = random_layer(inner, rng)
+    for m in (7, 3, 1, 7):  # includes a partial batch and m = 1
+        x = batch(rng, m, inner)
+        out = layer(x, training=True)
+        assert max_error(out, reference.train(x)) <= ATOL
+
+
+@pytest.mark.parametrize("rank", SHAPES)
+@pytest.mark.parametrize("config", all_configurations(), ids=lambda c: c.label.replace(" ", ""))
+def test_inference_matches_reference_in_all_16_configurations(rank, config):
+    rng = np.random.default_rng(1)
+    inner = SHAPES[rank]
+    layer, reference = random_layer(inner, rng)
+    for m in (6, 6, 4):  # a partial last batch: the training batch size stays 6
+        x = batch(rng, m, inner)
+        layer(x, training=True)
+        reference.train(x)
+    configure(layer, config)
+    flags = tuple(config.as_dict()[name] for name in FLAG_NAMES)
+    for inference_size in (6, 3, 1, 11):  # the training size, smaller, one, larger
+        x = batch(rng, inference_size, inner, scale=2.0, shift=-0.5)
+        assert max_error(layer(x, training=False), reference.infer(x, flags)) <= ATOL
+
+
+@pytest.mark.parametrize("rank", SHAPES)
+def test_population_statistics_and_training_batch_size(rank):
+    rng = np.random.default_rng(2)
+    inner = SHAPES[rank]
+    layer, reference = random_layer(inner, rng)
+    for m in (5, 5, 2):
+        x = batch(rng, m, inner)
+        layer(x, training=True)
+        reference.train(x)
+    mu_b, var_b, mu_f, var_f, m = reference.population()
+    assert max_error(layer.moving_batch_mean, mu_b) <= ATOL
+    assert max_error(layer.moving_batch_variance, var_b) <= ATOL
+    assert max_error(layer.moving_feature_mean, mu_f) <= ATOL
+    assert max_error(layer.moving_feature_variance, var_f) <= ATOL
+    assert float(layer.training_batch_size) == m == 5
+    assert float(layer.moving_steps) == 3
+
+
+@pytest.mark.parametrize("rank", SHAPES)
+def test_momentum_gives_exponential_moving_averages(rank):
+    rng = np.random.default_rng(3)
+    inner = SHAPES[rank]
+    layer, reference = random_layer(inner, rng, momentum=0.9)
+    for m in (4, 4, 4, 2):
+        x = batch(rng, m, inner)
+        layer(x, training=True)
+        reference.train(x)
+    for config in all_configurations():
+        configure(layer, config)
+        flags = tuple(config.as_dict()[n] for n in FLAG_NAMES)
+        x = batch(rng, 3, inner)
+        assert max_error(layer(x, training=False), reference.infer(x, flags)) <= ATOL
+
+
+def test_untrained_population_is_mean_zero_variance_one():
+    rng = np.random.default_rng(4)
+    layer, reference = random_layer((4, 5), rng)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_batch_mean), 0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_feature_variance), 1.0)
+    for config in all_configurations():
+        configure(layer, config)
+        flags = tuple(config.as_dict()[n] for n in FLAG_NAMES)
+        x = batch(rng, 5, (4, 5))
+        assert max_error(layer(x, training=False), reference.infer(x, flags)) <= ATOL
+
+
+def test_reset_restarts_the_average_but_keeps_values_until_the_next_step():
+    rng = np.random.default_rng(5)
+    layer, reference = random_layer((5,), rng)
+    for m in (8, 8):
+        x = batch(rng, m, (5,))
+        layer(x, training=True)
+        reference.train(x)
+    before = keras.ops.convert_to_numpy(layer.moving_batch_mean).copy()
+    layer.reset_population_statistics()
+    reference.reset()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_batch_mean), before)
+    x = batch(rng, 3, (5,), shift=4.0)
+    layer(x, training=True)
+    reference.train(x)
+    mu_b, var_b, _, _, m = reference.population()
+    assert max_error(layer.moving_batch_mean, mu_b) <= ATOL
+    assert max_error(layer.moving_batch_variance, var_b) <= ATOL
+    assert float(layer.training_batch_size) == m == 3
+
+
+def test_flags_are_validated_and_round_trip_through_config():
+    with pytest.raises(TypeError, match="batch_moving_var"):
+        BatchLayerNormalization(batch_moving_var="yes")
+    with pytest.raises(ValueError, match="momentum"):
+        BatchLayerNormalization(momentum=1.5)
+    layer = BatchLayerNormalization(False, True, True, False, momentum=0.5, epsilon=1e-5, name="bln")
+    layer.build((None, 3, 2))
+    layer.feature_moving_var = True
+    clone = BatchLayerNormalization.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert clone.statistics_config.as_dict() == {
+        "batch_moving_mean": False,
+        "batch_moving_var": True,
+        "feature_moving_mean": True,
+        "feature_moving_var": True,
+    }
+
+
+def test_unknown_inner_dimensions_are_a_clear_error():
+    with pytest.raises(ValueError, match="must be known"):
+        BatchLayerNormalization().build((None, None, 4))
+    with pytest.raises(ValueError, match="rank >= 2"):
+        BatchLayerNormalization().build((4,))
+
+
+class KerasHarnessTest(testing.TestCase):
+    """Keras's own contract checks: shapes, weights, serialization, training, mixed precision."""
+
+    def test_run_layer_test(self):
+        for input_shape in [(3, 5), (3, 4, 5), (3, 2, 4, 5)]:
+            for momentum in (None, 0.9):
+                self.run_layer_test(
+                    BatchLayerNormalization,
+                    init_kwargs={"momentum": momentum, "feature_moving_mean": True},
+                    input_shape=input_shape,
+                    expected_output_shape=input_shape,
+                    expected_num_trainable_weights=2,
+                    expected_num_non_trainable_weights=10,
+                    expected_num_seed_generators=0,
+                    expected_num_losses=0,
+                    supports_masking=True,
+                )
+
+    def test_run_layer_test_without_center_and_scale(self):
+        self.run_layer_test(
+            BatchLayerNormalization,
+            init_kwargs={"center": False, "scale": False, "gamma_regularizer": "l2"},
+            input_shape=(2, 3, 4),
+            expected_output_shape=(2, 3, 4),
+            expected_num_trainable_weights=0,
+            expected_num_non_trainable_weights=10,
+        )
+
+
+def dense_model(features=5, **layer_kwargs):
+    """Input -> BLN -> Dense: the BLN layer sees the raw data, so its statistics are known."""
+    inputs = keras.Input((features,))
+    x = BatchLayerNormalization(name="bln", **layer_kwargs)(inputs)
+    outputs = keras.layers.Dense(1)(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_keras_save_load_round_trip_in_all_16_configurations(tmp_path):
+    rng = np.random.default_rng(6)
+    inputs = keras.Input((4, 3))
+    x = BatchLayerNormalization(feature_moving_mean=True, name="bln")(inputs)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model.compile(optimizer="adam", loss="mse")
+    data = batch(rng, 20, (4, 3))
+    model.fit(data, rng.normal(size=(20, 2)), batch_size=8, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    original, restored = model.get_layer("bln"), loaded.get_layer("bln")
+    assert restored.get_config() == original.get_config()
+    for a, b in zip(original.non_trainable_weights, restored.non_trainable_weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    probe = batch(rng, 5, (4, 3))
+    for config in all_configurations():
+        configure(model, config)
+        configure(loaded, config)
+        np.testing.assert_allclose(model.predict(probe, verbose=0), loaded.predict(probe, verbose=0), atol=1e-6)
+
+
+def test_training_with_batch_size_one_stays_finite():
+    rng = np.random.default_rng(7)
+    model = dense_model()
+    x = batch(rng, 6, (5,))
+    history = model.fit(x, rng.normal(size=(6, 1)), batch_size=1, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    assert np.all(np.isfinite(history.history["loss"]))
+    layer = model.get_layer("bln")
+    assert float(layer.training_batch_size) == 1
+    for config in all_configurations():
+        configure(model, config)
+        assert np.all(np.isfinite(model.predict(x, verbose=0)))
+
+
+def test_callback_resets_each_epoch_with_a_partial_last_batch():
+    rng = np.random.default_rng(8)
+    model = dense_model()
+    x = batch(rng, 10, (5,))
+    y = rng.normal(size=(10, 1))
+    model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[ResetPopulationStatistics()])
+    layer = model.get_layer("bln")
+    reference = ReferenceBLN(np.ones(5), np.zeros(5))
+    for start in (0, 4, 8):  # the last epoch only: steps of 4, 4 and 2
+        reference.train(x[start : start + 4])
+    mu_b, var_b, mu_f, var_f, m = reference.population()
+    assert float(layer.moving_steps) == 3
+    assert float(layer.training_batch_size) == m == 4
+    assert max_error(layer.moving_batch_mean, mu_b) <= ATOL
+    assert max_error(layer.moving_batch_variance, var_b) <= ATOL
+    assert max_error(layer.moving_feature_mean, mu_f) <= ATOL
+    assert max_error(layer.moving_feature_variance, var_f) <= ATOL
+
+
+def test_without_callback_the_average_spans_all_epochs():
+    rng = np.random.default_rng(9)
+    model = dense_model()
+    x = batch(rng, 8, (5,))
+    model.fit(x, rng.normal(size=(8, 1)), batch_size=4, epochs=3, shuffle=False, verbose=0)
+    assert float(model.get_layer("bln").moving_steps) == 6
+
+
+def test_callback_works_with_steps_per_epoch_and_a_dataset():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(10)
+    model = dense_model()
+    x = batch(rng, 12, (5,))
+    dataset = tf.data.Dataset.from_tensor_slices((x, rng.normal(size=(12, 1)))).batch(4).repeat()
+    model.fit(dataset, steps_per_epoch=2, epochs=3, verbose=0, callbacks=[ResetPopulationStatistics()])
+    reference = ReferenceBLN(np.ones(5), np.zeros(5))
+    for start in (4, 8):  # the stream is b0 b1 | b2 b0 | b1 b2: epoch 3 sees x[4:8], x[8:12]
+        reference.train(x[start : start + 4])
+    layer = model.get_layer("bln")
+    assert float(layer.moving_steps) == 2
+    assert max_error(layer.moving_batch_mean, reference.population()[0]) <= ATOL
+
+
+def test_switching_flags_after_fit_changes_evaluate_without_retracing(monkeypatch):
+    rng = np.random.default_rng(11)
+    model = dense_model()
+    x = batch(rng, 32, (5,))
+    y = x.sum(axis=1, keepdims=True)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    # Count Python executions of `call`: a compiled function runs it only while tracing.
+    traces = []
+    original_call = BatchLayerNormalization.call
+    monkeypatch.setattr(BatchLayerNormalization, "call", lambda self, *a, **k: traces.append(1) or original_call(self, *a, **k))
+    probe = batch(rng, 16, (5,), scale=5.0, shift=3.0)  # shifted: population and batch statistics differ
+    losses = {}
+    for config in all_configurations():
+        configure(model, config)
+        losses[config] = model.evaluate(probe, probe.sum(axis=1, keepdims=True), batch_size=16, verbose=0)
+        if config == all_configurations()[0]:
+            test_function, traced_once = model.test_function, len(traces)
+    assert len({round(v, 6) for v in losses.values()}) == 16  # every configuration changed the result
+    assert model.test_function is test_function  # no recompile
+    assert len(traces) == traced_once <= 1  # the first evaluate's trace served all 16 configurations
+    configure(model, all_configurations()[0])
+    again = model.evaluate(probe, probe.sum(axis=1, keepdims=True), batch_size=16, verbose=0)
+    assert again == pytest.approx(losses[all_configurations()[0]], abs=1e-6)
+
+
+def test_jit_compile_matches_eager():
+    rng = np.random.default_rng(12)
+    x = batch(rng, 24, (4, 3))
+    y = rng.normal(size=(24, 1)).astype("float32")
+    models = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4, 3))
+        h = keras.layers.Flatten()(BatchLayerNormalization(name="bln")(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(1)(h))
+        model.compile(optimizer="sgd", loss="mse", jit_compile=jit)
+        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[ResetPopulationStatistics()])
+        models.append(model)
+    for config in all_configurations():
+        outputs = []
+        for model in models:
+            configure(model, config)
+            outputs.append(model.predict(x, batch_size=8, verbose=0))
+        np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-4)
+
+
+def test_mixed_float16_computes_statistics_in_float32():
+    rng = np.random.default_rng(13)
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        layer = BatchLayerNormalization()
+        x = batch(rng, 8, (4, 6), scale=200.0)  # var ~ 4e4 * C overflows float16 sums of squares
+        out = layer(x.astype("float16"), training=True)
+        assert keras.backend.standardize_dtype(out.dtype) == "float16"
+        assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in layer.weights)
+        assert np.all(np.isfinite(keras.ops.convert_to_numpy(layer.moving_batch_variance)))
+        for config in all_configurations():
+            configure(layer, config)
+            assert np.all(np.isfinite(keras.ops.convert_to_numpy(layer(x.astype("float16")))))
+        reference = ReferenceBLN(np.ones(6), np.zeros(6))
+        expected = reference.train(x.astype("float16").astype("float64"))
+        assert max_error(out, expected) <= 2e-3  # float16 output rounding only
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_configure_and_find_reach_nested_models():
+    inner = keras.Sequential([keras.Input((6,)), BatchLayerNormalization(name="inner_bln")], name="block")
+    inputs = keras.Input((6,))
+    x = BatchLayerNormalization(name="outer_bln")(inner(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    layers = find_bln_layers(model)
+    assert {layer.name for layer in layers} == {"inner_bln", "outer_bln"}
+    configure(model, {"batch_moving_mean": False, "batch_moving_var": False, "feature_moving_mean": True, "feature_moving_var": True})
+    assert all(layer.statistics_config.label == "-- -- FM FV" for layer in layers)
+    with pytest.raises(ValueError, match="no BatchLayerNormalization"):
+        configure(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), bln_search.StatisticsConfig())
+    with pytest.raises(bln_search.ConfigError, match="missing"):
+        configure(model, {"batch_moving_mean": True})
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.images[..., None] / 16.0).astype("float32"), digits.target.astype("int32")
+
+
+@pytest.mark.slow
+def test_small_cnn_learns_with_bln():
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same"),
+            BatchLayerNormalization(),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x[:1000], y[:1000], batch_size=25, epochs=3, verbose=0, callbacks=[ResetPopulationStatistics()])
+    losses = history.history["loss"]
+    assert losses[-1] < 0.6 * losses[0]
+    assert model.evaluate(x[1000:], y[1000:], verbose=0)[1] > 0.8
+
+
+@pytest.mark.slow
+def test_small_gru_learns_with_bln_on_time_distributed_features():
+    keras.utils.set_random_seed(0)
+    x, y = _digits()
+    rows = x[..., 0]  # each digit read row by row: 8 steps of 8 features
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Dense(16),
+            BatchLayerNormalization(),  # statistics per time step, as published
+            keras.layers.GRU(32),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(rows[:1000], y[:1000], batch_size=25, epochs=5, verbose=0, callbacks=[ResetPopulationStatistics()])
+    losses = history.history["loss"]
+    assert losses[-1] < 0.6 * losses[0]
+    assert model.evaluate(rows[1000:], y[1000:], verbose=0)[1] > 0.7
+
+
+@pytest.mark.parametrize("rank", SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 7])
+def test_hand_written_gradient_matches_autodiff_of_the_formula(rank, m):
+    """The training pass's custom backward against TF autodiff of the plain spec formula."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(14)
+    inner = SHAPES[rank]
+    layer, _ = random_layer(inner, rng)
+    x = tf.constant(batch(rng, m, inner))
+    weights = tf.constant(rng.normal(size=(m, *inner)).astype("float32"))
+
+    def plain(x, gamma, beta):
+        c = x.shape[-1]
+        mu_b = tf.reduce_mean(x, 0, keepdims=True)
+        var_b = tf.reduce_mean((x - mu_b) ** 2, 0, keepdims=True)
+        mu_f = tf.reduce_mean(x, -1, keepdims=True)
+        var_f = tf.reduce_mean((x - mu_f) ** 2, -1, keepdims=True)
+        x_hat = ((1 / m - 1e-4) * (x - mu_f) / tf.sqrt(var_f + 1e-3) + (1 - 1 / m - 1e-4) * (x - mu_b) / tf.sqrt(var_b + 1e-3)) / np.sqrt(c)
+        return gamma * x_hat + beta
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = tf.reduce_sum(layer(x, training=True) * weights)
+        theirs = tf.reduce_sum(plain(x, layer.gamma, layer.beta) * weights)
+    for a, b in zip(tape.gradient(ours, [x, layer.gamma, layer.beta]), tape.gradient(theirs, [x, layer.gamma, layer.beta])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4 * max(1.0, float(tf.reduce_max(tf.abs(b)))))
