@@ -10,6 +10,8 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from bln_search.errors import BLNSearchError
+
 FLAG_NAMES: tuple[str, ...] = (
     "batch_moving_mean",
     "batch_moving_var",
@@ -19,7 +21,7 @@ FLAG_NAMES: tuple[str, ...] = (
 """The four inference flags, in the order the paper lists them."""
 
 
-class ConfigError(ValueError):
+class ConfigError(BLNSearchError, ValueError):
     """A statistics configuration (or a document holding one) is invalid."""
 
 
@@ -72,3 +74,79 @@ class StatisticsConfig:
 def all_configurations() -> list[StatisticsConfig]:
     """The 16 configurations, in a fixed order (all batch statistics first)."""
     return [StatisticsConfig(*flags) for flags in itertools.product((False, True), repeat=4)]
+
+
+# --- The exported document: what `bln-search export` writes and `load_config` reads. ---
+
+SCHEMA = "bln-search/best-config"
+SCHEMA_VERSION = 1
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def config_document(
+    config: StatisticsConfig,
+    *,
+    metric: str,
+    value: float,
+    direction: str,
+    study: str,
+    trial: int,
+    extra: Mapping[str, object] | None = None,
+) -> dict:
+    """The versioned JSON document for one configuration (see `load_config`)."""
+    from datetime import datetime, timezone
+
+    document = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "config": config.as_dict(),
+        "metric": {"name": metric, "value": value, "direction": direction},
+        "study": study,
+        "trial": trial,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {name: _version(dist) for name, dist in (("bln_search", "bln-search"), ("keras", "keras"), ("optuna", "optuna"))},
+    }
+    document.update(extra or {})
+    return document
+
+
+def parse_config_document(document: object, source: str = "document") -> StatisticsConfig:
+    """Validates an exported document and returns its configuration."""
+    if not isinstance(document, Mapping) or document.get("schema") != SCHEMA:
+        raise ConfigError(f"{source} is not a bln-search configuration (no \"schema\": \"{SCHEMA}\")")
+    version = document.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"{source} has schema_version {version!r}; this bln-search reads version {SCHEMA_VERSION}")
+    try:
+        return StatisticsConfig.from_mapping(document.get("config"))
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def load_config(path) -> StatisticsConfig:
+    """Reads a configuration exported by `bln-search export`, for `configure(model, config)`.
+
+    Raises `ConfigError` (one clear line) for a missing file, malformed JSON, a
+    foreign document, an unknown schema version or a missing flag.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+    return parse_config_document(document, str(path))

@@ -1,0 +1,345 @@
+"""The `bln-search` command line: parses options, calls the Python API, renders results.
+
+Nothing heavy is imported at module level, so `bln-search --help` is instant;
+TensorFlow loads only inside the commands that train.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="bln-search",
+    help="Find the best statistics configuration of Batch Layer Normalization for a Keras model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_state = {"debug": False}
+
+
+class Sampler(str, Enum):
+    grid = "grid"
+    tpe = "tpe"
+    random = "random"
+
+
+class Pruner(str, Enum):
+    median = "median"
+    hyperband = "hyperband"
+    patient = "patient"
+    none = "none"
+
+
+class Direction(str, Enum):
+    auto = "auto"
+    minimize = "minimize"
+    maximize = "maximize"
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    markdown = "markdown"
+
+
+StorageOption = Annotated[
+    Optional[str],
+    typer.Option(help="Optuna storage URL, e.g. postgresql://user:pass@host/db. Default: sqlite:///bln-search.db in the working directory."),
+]
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 closed off.
+
+    TensorFlow 2.21's native libraries print absl/oneDNN banners at import that
+    no environment variable silences; they would break the one-line contract.
+    """
+    if "tensorflow" in sys.modules or _state["debug"]:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _quiet_libraries(tensorflow: bool = False) -> None:
+    """TensorFlow's C++ logs and Optuna's per-trial INFO lines would drown the display."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if tensorflow:
+        _import_tensorflow_quietly()
+    import logging
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="keras")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def handles_errors(command):
+    """Expected failures -> one red line on stderr and their exit code; tracebacks only with --debug."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from bln_search.errors import BLNSearchError
+
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BLNSearchError as error:
+            if _state["debug"]:
+                raise
+            _error_line(str(error))
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            _error_line("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as error:  # a bug or an unforeseen library error: still one line
+            if _state["debug"]:
+                raise
+            from bln_search.storage import mask_url
+
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _error_line(mask_url(f"unexpected {type(error).__name__}: {message} (run with --debug for the traceback)"))
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _error_line(message: str) -> None:
+    from rich.markup import escape
+
+    from bln_search.storage import mask_url
+
+    _stderr().print(f"[bold red]error:[/] {escape(mask_url(message))}", highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+):
+    """Find the best statistics configuration of Batch Layer Normalization for a Keras model."""
+    _state["debug"] = debug
+    if version:
+        from bln_search import __version__
+
+        print(__version__)
+        raise typer.Exit()
+
+
+def default_study_name(model_spec: str) -> str:
+    """`studies/digits_cnn.py:build` -> `digits_cnn-build`."""
+    module, _, function = model_spec.rpartition(":")
+    stem = Path(module).stem if module.endswith(".py") else module
+    return f"{stem}-{function}" if stem and function else model_spec
+
+
+def _resolve_study_name(storage, study: str | None) -> str:
+    from bln_search.errors import StorageError
+    from bln_search.storage import list_studies
+
+    if study:
+        return study
+    names = sorted(s.study_name for s in list_studies(storage))
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise StorageError("this storage has no studies; run `bln-search run` first")
+    raise StorageError(f"this storage has {len(names)} studies, pass --study (one of: {', '.join(names)})")
+
+
+def _print_leaderboard(study, fmt: Format, console=None) -> None:
+    from bln_search.render import rich_table, to_text
+    from bln_search.results import leaderboard, study_metric
+
+    frame = leaderboard(study)
+    if fmt is Format.table:
+        from rich.console import Console
+
+        metric, direction = study_metric(study)
+        title = f"{study.study_name}: {len(frame)} configurations by {metric} ({direction})"
+        (console or Console()).print(rich_table(frame, title=title))
+    else:
+        sys.stdout.write(to_text(frame, fmt.value))
+
+
+@app.command()
+@handles_errors
+def run(
+    model: Annotated[str, typer.Option("--model", "-m", help="MODULE:FUNCTION or FILE.py:FUNCTION returning a compiled keras.Model with BatchLayerNormalization layers.")],
+    data: Annotated[Optional[str], typer.Option(help="MODULE:FUNCTION returning (train, validation), or an .npz with x_train, y_train, x_val, y_val. Default: the model module's load_data().")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per trial.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size (for array data; datasets come batched).")] = 32,
+    metric: Annotated[str, typer.Option(help="Keras log to rank by; a trial scores its best epoch.")] = "val_loss",
+    direction: Annotated[Direction, typer.Option(help="Whether a larger metric is better; auto infers it from the name.")] = Direction.auto,
+    sampler: Annotated[Sampler, typer.Option(help="grid: all 16 configurations once each; tpe/random: --trials samples.")] = Sampler.grid,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Trial budget of the study for tpe/random (a resume runs the rest).")] = None,
+    pruner: Annotated[Pruner, typer.Option(help="Stops unpromising trials early, fed each epoch's metric.")] = Pruner.median,
+    seed: Annotated[int, typer.Option(help="Seeds every trial's weights and data order alike.")] = 0,
+    storage: StorageOption = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name. Default: derived from --model; an existing study is resumed.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live display.")] = False,
+):
+    """Search the statistics configurations, storing every trial; re-running resumes."""
+    from bln_search.errors import BLNSearchError
+
+    if sampler is not Sampler.grid and trials is None:
+        raise BLNSearchError(f"--sampler {sampler.value} needs --trials N")
+    _quiet_libraries(tensorflow=True)
+    from bln_search.loading import load_data, resolve_callable
+    from bln_search.parts import make_pruner, make_sampler
+    from bln_search.progress import LiveProgress, LogProgress
+    from bln_search.search import SearchInterrupted, infer_direction, search
+    from bln_search.storage import open_storage
+
+    console = _stderr()
+    factory = resolve_callable(model)
+    data_ = load_data(data, model)
+    direction_ = infer_direction(metric) if direction is Direction.auto else direction.value
+    store = open_storage(storage)
+    study_name = study or default_study_name(model)
+    progress_cls = LogProgress if quiet or not console.is_terminal else LiveProgress
+    interrupted = None
+    with progress_cls(console, metric) as progress:
+        try:
+            result = search(
+                factory,
+                data_,
+                study_name=study_name,
+                storage=store,
+                epochs=epochs,
+                batch_size=batch_size,
+                metric=metric,
+                direction=direction_,
+                seed=seed,
+                sampler=make_sampler(sampler.value, seed),
+                n_trials=trials,
+                pruner=make_pruner(pruner.value, epochs),
+                observer=progress,
+                study_attrs={"model": model, "data": data or "load_data()"},
+            )
+        except SearchInterrupted as error:
+            interrupted = error
+    from bln_search.storage import load_existing_study
+
+    result = load_existing_study(store, study_name)
+    _print_leaderboard(result, Format.table, console)
+    if interrupted is not None:
+        raise interrupted
+    console.print(f"stored in study [bold]{study_name}[/]; export the best with: bln-search export --study {study_name} -o best.json", highlight=False)
+
+
+@app.command()
+@handles_errors
+def leaderboard(
+    study: Annotated[Optional[str], typer.Option(help="Study name (optional when the storage holds one study).")] = None,
+    storage: StorageOption = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="table for people; csv, json, markdown go to stdout alone.")] = Format.table,
+):
+    """Show one row per configuration, best first."""
+    _quiet_libraries()
+    from bln_search.storage import load_existing_study, open_storage
+
+    store = open_storage(storage, heartbeat_seconds=None)
+    _print_leaderboard(load_existing_study(store, _resolve_study_name(store, study)), format)
+
+
+@app.command()
+@handles_errors
+def studies(storage: StorageOption = None):
+    """List the studies in a storage."""
+    _quiet_libraries()
+    from rich.console import Console
+    from rich.table import Table
+
+    from bln_search.storage import list_studies, open_storage
+
+    summaries = list_studies(open_storage(storage, heartbeat_seconds=None))
+    table = Table(title="studies")
+    for column in ("study", "trials", "direction", "metric", "started"):
+        table.add_column(column)
+    for summary in sorted(summaries, key=lambda s: s.study_name):
+        started = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "–"
+        table.add_row(summary.study_name, str(summary.n_trials), summary.direction.name.lower(), str(summary.user_attrs.get("metric", "–")), started)
+    Console().print(table)
+
+
+@app.command()
+@handles_errors
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON document; - for stdout.")] = Path("best.json"),
+    study: Annotated[Optional[str], typer.Option(help="Study name (optional when the storage holds one study).")] = None,
+    storage: StorageOption = None,
+):
+    """Write the best configuration as a versioned JSON document (read back by `train` and `bln_search.load_config`)."""
+    import json
+
+    _quiet_libraries()
+    from bln_search.results import export_document
+    from bln_search.storage import load_existing_study, open_storage
+
+    store = open_storage(storage, heartbeat_seconds=None)
+    document = export_document(load_existing_study(store, _resolve_study_name(store, study)))
+    text = json.dumps(document, indent=2) + "\n"
+    if str(output) == "-":
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        _stderr().print(f"wrote {output}: {document['config']} ({document['metric']['name']} {document['metric']['value']:.4f})", highlight=False)
+
+
+@app.command()
+@handles_errors
+def train(
+    model: Annotated[str, typer.Option("--model", "-m", help="MODULE:FUNCTION or FILE.py:FUNCTION returning a compiled keras.Model.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="JSON written by `bln-search export`.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 10,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to save the trained model (.keras).")] = Path("model.keras"),
+    data: Annotated[Optional[str], typer.Option(help="As for `run`. Default: the model module's load_data().")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size (for array data).")] = 32,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+):
+    """Final training (or fine-tuning) under an exported configuration; saves the model."""
+    from bln_search.config import load_config
+
+    statistics = load_config(config)  # validate before anything slow
+    _quiet_libraries(tensorflow=True)
+    from bln_search.loading import load_data, resolve_callable
+    from bln_search.training import train as train_model
+
+    factory = resolve_callable(model)
+    data_ = load_data(data, model)
+    _, metrics = train_model(factory, data_, statistics, epochs=epochs, batch_size=batch_size, seed=seed, output=output)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    _stderr().print(f"trained {epochs} epochs under {statistics.label}: {shown}; saved {output}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,192 @@
+"""Loading the user's model factory and data from `module:fn`, `file.py:fn` or `.npz` specs."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bln_search.errors import DataError, UserCodeError
+
+
+def _import_module(module_spec: str):
+    if module_spec.endswith(".py") or "/" in module_spec or "\\" in module_spec:
+        path = Path(module_spec)
+        if not path.is_file():
+            raise UserCodeError(f"file not found: {module_spec}")
+        name = f"_bln_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.resolve().parent))  # so the file can import its siblings
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[name]
+            raise UserCodeError(f"importing {module_spec} failed: {type(error).__name__}: {error}") from error
+        return module
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(module_spec)
+    except ModuleNotFoundError as error:
+        if error.name and module_spec.startswith(error.name):
+            raise UserCodeError(f"module not found: {module_spec}") from error
+        raise UserCodeError(f"importing {module_spec} failed: {error}") from error
+    except Exception as error:
+        raise UserCodeError(f"importing {module_spec} failed: {type(error).__name__}: {error}") from error
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """`"pkg.mod:fn"` or `"path/file.py:fn"` -> `(module part, function name)`."""
+    module_spec, sep, attr = spec.rpartition(":")
+    if not sep or not module_spec or not attr or not attr.replace(".", "_").isidentifier():
+        raise UserCodeError(f"expected MODULE:FUNCTION or FILE.py:FUNCTION, got {spec!r}")
+    return module_spec, attr
+
+
+def resolve_callable(spec: str) -> Callable[..., Any]:
+    """The function a `module:fn` spec names."""
+    module_spec, attr = split_spec(spec)
+    module = _import_module(module_spec)
+    target = module
+    for part in attr.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise UserCodeError(f"{module_spec} has no function {attr!r}")
+    if not callable(target):
+        raise UserCodeError(f"{spec} is not callable")
+    return target
+
+
+def module_of(spec: str):
+    return _import_module(split_spec(spec)[0])
+
+
+def call_user(fn: Callable[..., Any], what: str, *args, **kwargs):
+    """Calls user code, turning any exception into a one-line `UserCodeError`."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as error:
+        raise UserCodeError(f"{what} raised {type(error).__name__}: {error}") from error
+
+
+def build_model(factory: Callable[[], Any], name: str = "model factory"):
+    """Calls the factory and checks it returned a compiled Keras model with BLN layers."""
+    import keras
+
+    from bln_search.layer import find_bln_layers
+
+    model = call_user(factory, name)
+    if not isinstance(model, keras.Model):
+        raise UserCodeError(f"{name} must return a keras.Model, got {type(model).__name__}")
+    if not getattr(model, "compiled", False):
+        raise UserCodeError(f"{name} returned an uncompiled model: call model.compile(...) before returning it")
+    if not find_bln_layers(model):
+        raise UserCodeError(f"{name} returned a model without any bln_search.BatchLayerNormalization layer")
+    return model
+
+
+@dataclass
+class Data:
+    """Training and validation data: `(x, y)` array pairs, or batched `tf.data.Dataset`s."""
+
+    train: Any
+    validation: Any
+
+    @property
+    def is_dataset(self) -> bool:
+        return not isinstance(self.train, tuple)
+
+    def fit_kwargs(self, batch_size: int) -> dict[str, Any]:
+        """Keyword arguments for `model.fit` (arrays are batched here, datasets come batched)."""
+        if self.is_dataset:
+            return {"x": self.train, "validation_data": self.validation}
+        x, y = self.train
+        return {"x": x, "y": y, "batch_size": batch_size, "validation_data": self.validation}
+
+
+def _as_pair(value, part: str):
+    try:
+        import tensorflow as tf
+
+        if isinstance(value, tf.data.Dataset):
+            return value
+    except ImportError:  # pragma: no cover - tensorflow is a dependency
+        pass
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise DataError(f"{part} data must be an (x, y) pair or a tf.data.Dataset, got {type(value).__name__}")
+    x, y = (np.asarray(v) if not isinstance(v, (dict, tuple, list)) else v for v in value)
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+        raise DataError(f"{part} data: x and y must be arrays")
+    if len(x) == 0:
+        raise DataError(f"{part} data is empty")
+    if len(x) != len(y):
+        raise DataError(f"{part} data: x has {len(x)} samples but y has {len(y)}")
+    return (x, y)
+
+
+def check_data(value) -> Data:
+    """Validates `(train, validation)` as returned by a data function."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise DataError(
+            f"data must be a (train, validation) pair, each (x, y) or a tf.data.Dataset; got {type(value).__name__}"
+            + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else "")
+        )
+    train, validation = (_as_pair(part, name) for part, name in zip(value, ("training", "validation")))
+    if isinstance(train, tuple) != isinstance(validation, tuple):
+        raise DataError("training and validation data must both be (x, y) arrays or both tf.data.Datasets")
+    if isinstance(train, tuple) and train[0].shape[1:] != validation[0].shape[1:]:
+        raise DataError(
+            f"training x has sample shape {train[0].shape[1:]} but validation x has {validation[0].shape[1:]}"
+        )
+    return Data(train, validation)
+
+
+def check_data_fits_model(data: Data, model) -> None:
+    """A clear message when array shapes do not match the model's input."""
+    if data.is_dataset:
+        return
+    expected = getattr(model, "input_shape", None)
+    if not isinstance(expected, tuple) or not all(isinstance(d, (int, type(None))) for d in expected):
+        return  # multi-input models: let Keras check
+    actual = data.train[0].shape[1:]
+    wanted = expected[1:]
+    if len(actual) != len(wanted) or any(w is not None and w != a for w, a in zip(wanted, actual)):
+        raise DataError(f"data has sample shape {actual} but the model expects {wanted}")
+
+
+def load_npz(path: str) -> Data:
+    keys = ("x_train", "y_train", "x_val", "y_val")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in keys if k not in archive.files]
+            if missing:
+                raise DataError(f"{path} is missing array(s) {', '.join(missing)} (needs {', '.join(keys)})")
+            arrays = {k: archive[k] for k in keys}
+    except DataError:
+        raise
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {path} as an .npz archive: {error}") from error
+    return check_data(((arrays["x_train"], arrays["y_train"]), (arrays["x_val"], arrays["y_val"])))
+
+
+def load_data(data_spec: str | None, model_spec: str) -> Data:
+    """Data from `--data` (`module:fn` or `.npz`), else from the model module's `load_data()`."""
+    if data_spec is None:
+        module = module_of(model_spec)
+        loader = getattr(module, "load_data", None)
+        if not callable(loader):
+            raise DataError(f"no --data given and {split_spec(model_spec)[0]} defines no load_data() function")
+        return check_data(call_user(loader, "load_data()"))
+    if data_spec.endswith(".npz"):
+        return load_npz(data_spec)
+    return check_data(call_user(resolve_callable(data_spec), f"data function {data_spec}"))

@@ -1,0 +1,92 @@
+"""Terminal progress for `bln-search run`: a rich live display, or plain log lines."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+
+from bln_search.config import StatisticsConfig
+from bln_search.search import SearchObserver
+
+
+class LiveProgress(SearchObserver):
+    """Trial i of n, the running configuration, its epoch and metric, and the best so far."""
+
+    def __init__(self, console, metric: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.metric = metric
+        self.progress = Progress(
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=False,
+        )
+        self.task = None
+        self.best = None
+        self.direction = "minimize"
+        self.current = ""
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def _status(self, epoch_text: str = "") -> str:
+        best = "–" if self.best is None else f"{self.best:.4f}"
+        return f"{self.current} {epoch_text} [dim]best {self.metric}[/] {best}"
+
+    def on_search_start(self, study: optuna.Study, planned: int | None) -> None:
+        self.direction = study.direction.name.lower()
+        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("fail_reason") != "duplicate"]
+        finished = sum(t.state != optuna.trial.TrialState.FAIL or t.user_attrs.get("fail_reason") == "non_finite_loss" for t in done)
+        complete = [t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE]
+        if complete:
+            self.best = min(complete) if self.direction == "minimize" else max(complete)
+        self.task = self.progress.add_task("search", total=planned, completed=min(finished, planned or finished), status=self._status())
+
+    def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
+        self.current = f"#{number} [cyan]{config.label}[/]"
+        self.progress.update(self.task, status=self._status("starting"))
+
+    def on_epoch_end(self, number: int, epoch: int, epochs: int, value: float) -> None:
+        self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}"))
+
+    def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
+            better = self.best is None or (trial.value < self.best if self.direction == "minimize" else trial.value > self.best)
+            if better:
+                self.best = trial.value
+        counts = trial.state != optuna.trial.TrialState.FAIL or trial.user_attrs.get("fail_reason") == "non_finite_loss"
+        self.progress.update(self.task, advance=1 if counts else 0, status=self._status(trial.state.name.lower()))
+
+
+class LogProgress(SearchObserver):
+    """One plain line per finished trial (for `--quiet` and log files)."""
+
+    def __init__(self, console, metric: str):
+        self.console = console
+        self.metric = metric
+        self.configs = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
+        self.configs[number] = config
+
+    def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
+        config = self.configs.get(trial.number)
+        value = "" if trial.value is None else f" {self.metric}={trial.value:.4f}"
+        reason = trial.user_attrs.get("fail_message", "")
+        label = config.label if config else "-"
+        self.console.print(f"trial {trial.number} [{label}] {trial.state.name.lower()}{value} {reason}".rstrip(), highlight=False, markup=False)

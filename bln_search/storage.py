@@ -1,0 +1,72 @@
+"""Opening Optuna storages, with clear errors and passwords kept out of every message."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+from bln_search.errors import StorageError
+
+DEFAULT_STORAGE = "sqlite:///bln-search.db"
+"""The embedded default: an SQLite file `bln-search.db` in the working directory."""
+
+DEFAULT_HEARTBEAT_SECONDS = 30
+"""A running trial writes a heartbeat this often; one silent for twice as long is failed and retried."""
+
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
+
+
+def mask_url(text: str) -> str:
+    """Replaces the password of every URL in `text` with `***`."""
+    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", str(text))
+
+
+def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFAULT_HEARTBEAT_SECONDS):
+    """An Optuna RDB storage for `url` (default: the SQLite file), checked to be reachable.
+
+    Heartbeats let a worker that was killed mid-trial be detected: its trial is
+    failed after `2 * heartbeat_seconds` of silence and re-queued.
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    url = url or DEFAULT_STORAGE
+    if "://" not in url:
+        raise StorageError(f"storage must be a database URL such as {DEFAULT_STORAGE} or postgresql://user@host/db, got {mask_url(url)!r}")
+    kwargs = {}
+    if heartbeat_seconds:
+        kwargs = {
+            "heartbeat_interval": heartbeat_seconds,
+            "grace_period": 2 * heartbeat_seconds,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=False),
+        }
+    engine_kwargs = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif url.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as error:  # sqlalchemy raises many types for bad URLs and dead servers
+        reason = mask_url(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
+
+
+def load_existing_study(storage, study_name: str):
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        known = f"; studies here: {', '.join(names)}" if names else "; this storage has no studies"
+        raise StorageError(f"no study named {study_name!r}{known}") from None
+
+
+def list_studies(storage):
+    """One summary per study in the storage."""
+    import optuna
+
+    return optuna.get_all_study_summaries(storage, include_best_trial=False)

@@ -1,0 +1,51 @@
+"""Final training (or fine-tuning) under a chosen statistics configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bln_search.config import StatisticsConfig
+from bln_search.errors import BLNSearchError, UserCodeError
+from bln_search.loading import Data, build_model, check_data_fits_model
+
+
+def train(
+    model_factory: Callable[[], Any],
+    data: Data,
+    config: StatisticsConfig,
+    *,
+    epochs: int,
+    batch_size: int = 32,
+    seed: int = 0,
+    output: str | Path | None = None,
+):
+    """Builds the model, applies `config`, fits with the epoch-reset callback and saves it.
+
+    Returns `(model, validation metrics dict)`. The validation metrics are
+    measured under `config`, after training.
+    """
+    import keras
+
+    from bln_search.layer import ResetPopulationStatistics, configure
+
+    if output is not None and Path(output).suffix != ".keras":
+        raise BLNSearchError(f"--output must end in .keras, got {output}")
+    keras.utils.set_random_seed(seed)
+    model = build_model(model_factory)
+    check_data_fits_model(data, model)
+    configure(model, config)
+    try:
+        model.fit(**data.fit_kwargs(batch_size), epochs=epochs, verbose=0, callbacks=[ResetPopulationStatistics()])
+        validation = data.validation
+        if isinstance(validation, tuple):
+            metrics = model.evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
+        else:
+            metrics = model.evaluate(validation, verbose=0, return_dict=True)
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserCodeError(f"training failed: {type(error).__name__}: {message}") from error
+    if output is not None:
+        model.save(output)
+    return model, {f"val_{k}": float(v) for k, v in metrics.items()}
