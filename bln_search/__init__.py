@@ -19,6 +19,16 @@ _EXPORTS = {
     "ConfigError": "bln_search.config",
     "FLAG_NAMES": "bln_search.config",
     "all_configurations": "bln_search.config",
+    "load_config": "bln_search.config",
+    "BLNSearchError": "bln_search.errors",
+    "search": "bln_search.engine",
+    "SearchObserver": "bln_search.engine",
+    "SearchInterrupted": "bln_search.engine",
+    "Data": "bln_search.loading",
+    "check_data": "bln_search.loading",
+    "leaderboard": "bln_search.results",
+    "export_document": "bln_search.results",
+    "train": "bln_search.training",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -216,7 +216,7 @@ def run(
     from bln_search.loading import load_data, resolve_callable
     from bln_search.parts import make_pruner, make_sampler
     from bln_search.progress import LiveProgress, LogProgress
-    from bln_search.search import SearchInterrupted, infer_direction, search
+    from bln_search.engine import SearchInterrupted, infer_direction, search
     from bln_search.storage import open_storage
 
     console = _stderr()

@@ -7,7 +7,7 @@ import math
 import optuna
 
 from bln_search.config import StatisticsConfig
-from bln_search.search import SearchObserver
+from bln_search.engine import SearchObserver
 
 
 class LiveProgress(SearchObserver):

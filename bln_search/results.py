@@ -9,7 +9,7 @@ import pandas as pd
 
 from bln_search.config import FLAG_NAMES, config_document
 from bln_search.errors import SearchFailed
-from bln_search.search import ATTR_BEST_EPOCH, ATTR_EPOCHS_TRAINED, ATTR_FAIL_REASON, ATTR_HISTORY, config_of
+from bln_search.engine import ATTR_BEST_EPOCH, ATTR_EPOCHS_TRAINED, ATTR_FAIL_REASON, ATTR_HISTORY, config_of
 
 _STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3}
 

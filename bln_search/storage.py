@@ -34,6 +34,7 @@ def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFA
     if "://" not in url:
         raise StorageError(f"storage must be a database URL such as {DEFAULT_STORAGE} or postgresql://user@host/db, got {mask_url(url)!r}")
     kwargs = {}
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="bln_search")
     if heartbeat_seconds:
         kwargs = {
             "heartbeat_interval": heartbeat_seconds,

@@ -8,7 +8,10 @@ from __future__ import annotations
 import keras
 
 from bln_search import BatchLayerNormalization
-from digits import splits
+try:  # imported as studies.digits_cnn, or loaded by path (bln-search run --model studies/...py:build)
+    from .digits import splits
+except ImportError:
+    from digits import splits
 
 
 def build() -> keras.Model:

@@ -115,7 +115,7 @@ def grid_status(study: optuna.Study) -> tuple[set[StatisticsConfig], set[Statist
 
 
 class _EpochRecorder:
-    """Keras callback factory: records each epoch's metric on the trial and fails on NaN/inf loss."""
+    """Keras callback factory: collects each epoch's metric and fails the trial on NaN/inf loss."""
 
     def __new__(cls, trial, settings: TrainingSettings, observer: SearchObserver):
         import keras
@@ -137,12 +137,17 @@ class _EpochRecorder:
                 if not math.isfinite(value):
                     raise _NonFiniteLoss(f"{settings.metric} became {value} in epoch {epoch + 1}")
                 self.history.append(value)
-                pick = min if settings.direction == "minimize" else max
-                best = pick(range(len(self.history)), key=self.history.__getitem__)
-                trial.set_user_attr(ATTR_HISTORY, self.history)
-                trial.set_user_attr(ATTR_BEST_EPOCH, best + 1)
-                trial.set_user_attr(ATTR_EPOCHS_TRAINED, len(self.history))
                 observer.on_epoch_end(trial.number, epoch + 1, settings.epochs, value)
+
+            def store(self, fit_seconds: float) -> None:
+                """Writes the trial's curve once, at its end (complete, pruned or failed)."""
+                trial.set_user_attr(ATTR_FIT_SECONDS, fit_seconds)
+                if self.history:
+                    pick = min if settings.direction == "minimize" else max
+                    best = pick(range(len(self.history)), key=self.history.__getitem__)
+                    trial.set_user_attr(ATTR_HISTORY, self.history)
+                    trial.set_user_attr(ATTR_BEST_EPOCH, best + 1)
+                    trial.set_user_attr(ATTR_EPOCHS_TRAINED, len(self.history))
 
         return EpochRecorder()
 
@@ -170,7 +175,8 @@ class PerTrialStrategy:
         from bln_search.layer import ResetPopulationStatistics, configure
 
         settings = self.settings
-        keras.backend.clear_session()
+        # Without gc: a full collection per trial costs more than the fit of a small model.
+        keras.backend.clear_session(free_memory=False)
         keras.utils.set_random_seed(settings.seed)
         model = build_model(self.model_factory)
         configure(model, config)
@@ -180,7 +186,7 @@ class PerTrialStrategy:
         try:
             model.fit(**self.data.fit_kwargs(settings.batch_size), epochs=settings.epochs, verbose=0, callbacks=callbacks)
         finally:
-            trial.set_user_attr(ATTR_FIT_SECONDS, time.perf_counter() - start)
+            recorder.store(time.perf_counter() - start)
         pick = min if settings.direction == "minimize" else max
         return pick(recorder.history)
 

@@ -1,0 +1,165 @@
+"""The `bln-search` command line: bad input in-process, the whole workflow through real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+import bln_search
+from bln_search.cli import app
+from tests.fixtures import models
+
+FIXTURES = Path(models.__file__).resolve()
+FIX = str(FIXTURES)
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def bln_search_command(*args, cwd, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([str(BIN / "bln-search"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys; from typer.testing import CliRunner; from bln_search.cli import app; "
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+        "assert 'run' in r.output; print(sorted(m for m in ('tensorflow', 'keras', 'optuna', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory):
+    """A storage holding one finished study, which no bad input may change."""
+    folder = tmp_path_factory.mktemp("cli")
+    url = f"sqlite:///{folder / 'study.db'}"
+    data = bln_search.check_data(models.load_data())
+    bln_search.search(models.build, data, study_name="existing", storage=url, epochs=1, sampler=optuna.samplers.RandomSampler(0), n_trials=2)
+    return folder, url
+
+
+def snapshot(url):
+    study = optuna.load_study(study_name="existing", storage=url)
+    return [(t.number, t.state, t.value, t.params) for t in study.trials]
+
+
+BAD_RUNS = [
+    (["--model", "nocolon"], "expected MODULE:FUNCTION"),
+    (["--model", "no_such_module_xyz:build"], "module not found: no_such_module_xyz"),
+    (["--model", f"{FIX}:nope"], "has no function 'nope'"),
+    (["--model", "missing/file.py:build"], "file not found"),
+    (["--model", f"{FIX}:build_raises"], "raised RuntimeError: the factory broke"),
+    (["--model", f"{FIX}:build_none"], "must return a keras.Model, got NoneType"),
+    (["--model", f"{FIX}:build_uncompiled"], "uncompiled model"),
+    (["--model", f"{FIX}:build_without_bln"], "without any bln_search.BatchLayerNormalization"),
+    (["--model", f"{FIX}:build", "--data", f"{FIX}:data_three_parts"], "(train, validation) pair"),
+    (["--model", f"{FIX}:build", "--data", f"{FIX}:data_mismatched_lengths"], "x has 96 samples but y has 91"),
+    (["--model", f"{FIX}:build", "--data", f"{FIX}:data_empty"], "training data is empty"),
+    (["--model", f"{FIX}:build", "--data", f"{FIX}:data_wrong_shape"], "data has sample shape (4,) but the model expects (6,)"),
+    (["--model", f"{FIX}:build", "--data", "nowhere.npz"], "cannot read nowhere.npz"),
+    (["--model", f"{FIX}:build", "--metric", "val_nosuch", "--direction", "minimize"], "metric 'val_nosuch' is not one the model reports"),
+    (["--model", f"{FIX}:build", "--metric", "val_accuracy"], "ranks by val_loss"),
+    (["--model", f"{FIX}:build", "--sampler", "tpe"], "needs --trials"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_RUNS, ids=[m for _, m in BAD_RUNS])
+def test_bad_run_input_is_one_line_and_leaves_the_study_untouched(existing, args, message):
+    folder, url = existing
+    before = snapshot(url)
+    result = CliRunner().invoke(app, ["run", *args, "--storage", url, "--study", "existing", "--epochs", "1", "-q"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert snapshot(url) == before
+
+
+@pytest.mark.parametrize(
+    "storage, message",
+    [
+        ("postgresql://someone:hunter2@127.0.0.1:1/nodb", "cannot open storage postgresql://someone:***@127.0.0.1:1/nodb"),
+        ("not-a-url", "must be a database URL"),
+        ("nosuchdriver://x/y", "cannot open storage"),
+    ],
+)
+def test_unreachable_or_malformed_storage(storage, message):
+    result = CliRunner().invoke(app, ["run", "--model", f"{FIX}:build", "--storage", storage, "-q"])
+    assert result.exit_code == 1
+    assert message in result.stderr and "hunter2" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nan_loss_in_every_trial(tmp_path):
+    url = f"sqlite:///{tmp_path / 'nan.db'}"
+    result = CliRunner().invoke(app, ["run", "--model", f"{FIX}:build_nan", "--storage", url, "--epochs", "1", "-q", "--pruner", "none"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: all 16 trials failed")
+    assert len(optuna.load_study(study_name="models-build_nan", storage=url).trials) == 16
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "export"])
+def test_unknown_study(existing, command):
+    _, url = existing
+    result = CliRunner().invoke(app, [command, "--storage", url, "--study", "nosuch"])
+    assert result.exit_code == 1
+    assert "no study named 'nosuch'; studies here: existing" in result.stderr
+
+
+@pytest.mark.parametrize("content, message", [("{broken", "is not valid JSON"), ('{"a": 1}', "not a bln-search configuration")])
+def test_train_rejects_malformed_config(tmp_path, content, message):
+    path = tmp_path / "best.json"
+    path.write_text(content)
+    result = CliRunner().invoke(app, ["train", "--model", f"{FIX}:build", "--config", str(path), "-o", str(tmp_path / "m.keras")])
+    assert result.exit_code == 1 and message in result.stderr
+    assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.slow
+def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
+    """The README's workflow on the digits CNN, each step a real `bln-search` process."""
+    model = f"{ROOT / 'studies' / 'digits_cnn.py'}:build"
+    run = bln_search_command("run", "--model", model, "--epochs", "2", "--pruner", "none", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and (tmp_path / "bln-search.db").exists()
+
+    board = bln_search_command("leaderboard", "--format", "json", cwd=tmp_path)
+    assert board.returncode == 0, board.stderr
+    rows = json.loads(board.stdout)
+    assert len(rows) == 16 and [r["rank"] for r in rows] == list(range(1, 17))
+    assert {r["state"] for r in rows} == {"complete"}
+
+    exported = bln_search_command("export", "-o", "best.json", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads((tmp_path / "best.json").read_text())
+    assert document["study"] == "digits_cnn-build" and document["metric"]["name"] == "val_loss"
+    assert document["config"] == {k: rows[0][k] for k in document["config"]}
+    assert document["metric"]["value"] == pytest.approx(rows[0]["val_loss"])
+
+    # Optuna's own CLI reads the same storage and agrees with the export.
+    optuna_cli = subprocess.run(
+        [str(BIN / "optuna"), "best-trial", "--storage", "sqlite:///bln-search.db", "--study-name", "digits_cnn-build", "-f", "json"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert optuna_cli.returncode == 0, optuna_cli.stderr
+    best = json.loads(optuna_cli.stdout)
+    assert best["number"] == document["trial"]
+    assert best["value"] == pytest.approx(document["metric"]["value"])
+    assert best["params"] == document["config"]
+
+    trained = bln_search_command("train", "--model", model, "--config", "best.json", "--epochs", "1", "-o", "final.keras", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    import keras
+
+    loaded = keras.saving.load_model(tmp_path / "final.keras")
+    assert all(layer.statistics_config.as_dict() == document["config"] for layer in bln_search.find_bln_layers(loaded))
