@@ -95,7 +95,7 @@ def _quiet_libraries(tensorflow: bool = False) -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by bln-search itself
     logging.getLogger("absl").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="keras")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -212,6 +212,10 @@ def run(
 
     if sampler is not Sampler.grid and trials is None:
         raise BLNSearchError(f"--sampler {sampler.value} needs --trials N")
+    import signal
+
+    # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop a run cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _quiet_libraries(tensorflow=True)
     from bln_search.loading import load_data, resolve_callable
     from bln_search.parts import make_pruner, make_sampler

@@ -62,5 +62,6 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
                 cells.append(_cell(row[column], column))
             if column == "trial":
                 cells.append(f"[cyan]{label}[/]")
-        table.add_row(*cells, style="bold" if row.get("rank") == 1 else None)
+        rank = row.get("rank")
+        table.add_row(*cells, style="bold" if pd.notna(rank) and rank == 1 else None)
     return table

@@ -163,3 +163,40 @@ def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
 
     loaded = keras.saving.load_model(tmp_path / "final.keras")
     assert all(layer.statistics_config.as_dict() == document["config"] for layer in bln_search.find_bln_layers(loaded))
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path):
+    import signal
+    import time
+
+    model = f"{FIX}:build"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(
+        [str(BIN / "bln-search"), "run", "--model", model, "--epochs", "40", "-q", "--pruner", "none"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    url = f"sqlite:///{tmp_path / 'bln-search.db'}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a trial has finished and the next one runs
+        time.sleep(0.5)
+        if (tmp_path / "bln-search.db").exists():
+            try:
+                trials = optuna.load_study(study_name="models-build", storage=url).trials
+            except Exception:
+                continue
+            states = [t.state for t in trials]
+            if optuna.trial.TrialState.COMPLETE in states and optuna.trial.TrialState.RUNNING in states:
+                break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert "rank" in err and "running" not in err  # the leaderboard so far, on stderr with the other human output
+    study = optuna.load_study(study_name="models-build", storage=url)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    rerun = bln_search_command("run", "--model", model, "--epochs", "2", "-q", "--pruner", "none", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="models-build", storage=url)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete) == 16
