@@ -123,9 +123,10 @@ def handles_errors(command):
         except Exception as error:  # a bug or an unforeseen library error: still one line
             if _state["debug"]:
                 raise
+            from bln_search.errors import first_line
             from bln_search.storage import mask_url
 
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            message = first_line(error)
             _error_line(mask_url(f"unexpected {type(error).__name__}: {message} (run with --debug for the traceback)"))
             raise typer.Exit(1) from None
 
@@ -233,7 +234,7 @@ def run(
     interrupted = None
     with progress_cls(console, metric) as progress:
         try:
-            result = search(
+            search(
                 factory,
                 data_,
                 study_name=study_name,
@@ -253,8 +254,7 @@ def run(
             interrupted = error
     from bln_search.storage import load_existing_study
 
-    result = load_existing_study(store, study_name)
-    _print_leaderboard(result, Format.table, console)
+    _print_leaderboard(load_existing_study(store, study_name), Format.table, console)
     if interrupted is not None:
         raise interrupted
     console.print(f"stored in study [bold]{study_name}[/]; export the best with: bln-search export --study {study_name} -o best.json", highlight=False)

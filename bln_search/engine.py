@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig, all_configurations
-from bln_search.errors import BLNSearchError, SearchFailed, StorageError, UserCodeError
+from bln_search.errors import BLNSearchError, SearchFailed, StorageError, UserCodeError, first_line
 from bln_search.loading import Data, build_model, check_data_fits_model
 from bln_search.storage import load_existing_study, open_storage
 
@@ -256,7 +256,7 @@ def preflight(model_factory: Callable[[], Any], data: Data, settings: TrainingSe
             x, y = data.validation
             logs = model.evaluate(x[: settings.batch_size], y[: settings.batch_size], verbose=0, return_dict=True)
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error) or type(error).__name__
         raise UserCodeError(f"the model cannot evaluate the validation data: {message}") from None
     names = {f"val_{name}" for name in logs} | set(logs)
     if settings.metric not in names:
@@ -368,7 +368,7 @@ def _run(study, strategy, grid, n_trials, observer, storage) -> optuna.Study:
             trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
             raise
         except Exception as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            message = first_line(error)
             trial.set_user_attr(ATTR_FAIL_REASON, "error")
             trial.set_user_attr(ATTR_FAIL_MESSAGE, f"{type(error).__name__}: {message}")
             raise UserCodeError(f"training failed: {type(error).__name__}: {message}") from error

@@ -27,3 +27,9 @@ class StorageError(BLNSearchError):
 
 class SearchFailed(BLNSearchError):
     """The search ran, but no trial produced a usable result."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message ("" if it has none): library errors can span pages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import warnings
 
-from bln_search.errors import StorageError
+from bln_search.errors import StorageError, first_line
 
 DEFAULT_STORAGE = "sqlite:///bln-search.db"
 """The embedded default: an SQLite file `bln-search.db` in the working directory."""
@@ -51,7 +51,7 @@ def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFA
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as error:  # sqlalchemy raises many types for bad URLs and dead servers
-        reason = mask_url(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+        reason = mask_url(first_line(error) or type(error).__name__)
         raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bln_search.config import StatisticsConfig
-from bln_search.errors import BLNSearchError, UserCodeError
+from bln_search.errors import BLNSearchError, UserCodeError, first_line
 from bln_search.loading import Data, build_model, check_data_fits_model
 
 
@@ -44,7 +44,7 @@ def train(
         else:
             metrics = model.evaluate(validation, verbose=0, return_dict=True)
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        message = first_line(error)
         raise UserCodeError(f"training failed: {type(error).__name__}: {message}") from error
     if output is not None:
         model.save(output)
