@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import warnings
 
 from bln_search.errors import StorageError, first_line
@@ -12,6 +13,10 @@ DEFAULT_STORAGE = "sqlite:///bln-search.db"
 
 DEFAULT_HEARTBEAT_SECONDS = 30
 """A running trial writes a heartbeat this often; one silent for twice as long is failed and retried."""
+
+# Workers that open a new database at the same moment race to create its tables.
+_SCHEMA_RACE_SIGNS = ("UNIQUE constraint failed", "already exists", "duplicate key", "database is locked")
+_SCHEMA_RACE_RETRIES = 8
 
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)")
 
@@ -46,13 +51,17 @@ def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFA
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as error:  # sqlalchemy raises many types for bad URLs and dead servers
-        reason = mask_url(first_line(error) or type(error).__name__)
-        raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
+    for attempt in range(_SCHEMA_RACE_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except Exception as error:  # sqlalchemy raises many types for bad URLs and dead servers
+            reason = mask_url(first_line(error) or type(error).__name__)
+            if attempt + 1 < _SCHEMA_RACE_RETRIES and any(sign in reason for sign in _SCHEMA_RACE_SIGNS):
+                time.sleep(0.2 * (attempt + 1))  # another worker is creating the same new database's tables
+                continue
+            raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
 
 
 def load_existing_study(storage, study_name: str):
