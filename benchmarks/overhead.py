@@ -1,4 +1,4 @@
-"""Per-trial overhead of the search: everything a trial costs beyond `model.fit`.
+"""Per-trial overhead of the search: everything a trial costs beyond `model.fit` (`--strategy per-trial`).
 
 Run: python benchmarks/overhead.py [--epochs 3]
 
@@ -37,7 +37,9 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         storage = f"sqlite:///{folder}/overhead.db"
         start = time.perf_counter()
-        study = bln_search.search(digits_cnn.build, data, study_name="overhead", storage=storage, epochs=args.epochs)
+        study = bln_search.search(
+            digits_cnn.build, data, study_name="overhead", storage=storage, epochs=args.epochs, strategy="per-trial"
+        )
         wall = time.perf_counter() - start
     fit = sum(t.user_attrs["fit_seconds"] for t in study.trials)
     in_trials = sum(t.duration.total_seconds() for t in study.trials)

@@ -34,10 +34,17 @@ class Sampler(str, Enum):
 
 
 class Pruner(str, Enum):
+    auto = "auto"
     median = "median"
     hyperband = "hyperband"
     patient = "patient"
     none = "none"
+
+
+class Strategy(str, Enum):
+    auto = "auto"
+    shared = "shared"
+    per_trial = "per-trial"
 
 
 class Direction(str, Enum):
@@ -202,7 +209,8 @@ def run(
     direction: Annotated[Direction, typer.Option(help="Whether a larger metric is better; auto infers it from the name.")] = Direction.auto,
     sampler: Annotated[Sampler, typer.Option(help="grid: all 16 configurations once each; tpe/random: --trials samples.")] = Sampler.grid,
     trials: Annotated[Optional[int], typer.Option(min=1, help="Trial budget of the study for tpe/random (a resume runs the rest).")] = None,
-    pruner: Annotated[Pruner, typer.Option(help="Stops unpromising trials early, fed each epoch's metric.")] = Pruner.median,
+    pruner: Annotated[Pruner, typer.Option(help="Stops unpromising trials early, fed each epoch's metric. auto: median for per-trial, none for shared (where pruning saves only evaluations).")] = Pruner.auto,
+    strategy: Annotated[Strategy, typer.Option(help="shared: one training, every configuration evaluated after each epoch; per-trial: one training per trial; auto: shared unless the factory takes a `trial`.")] = Strategy.auto,
     seed: Annotated[int, typer.Option(help="Seeds every trial's weights and data order alike.")] = 0,
     storage: StorageOption = None,
     study: Annotated[Optional[str], typer.Option(help="Study name. Default: derived from --model; an existing study is resumed.")] = None,
@@ -221,13 +229,15 @@ def run(
     from bln_search.loading import load_data, resolve_callable
     from bln_search.parts import make_pruner, make_sampler
     from bln_search.progress import LiveProgress, LogProgress
-    from bln_search.engine import SearchInterrupted, infer_direction, search
+    from bln_search.engine import SearchInterrupted, choose_strategy, infer_direction, search
     from bln_search.storage import open_storage
 
     console = _stderr()
     factory = resolve_callable(model)
     data_ = load_data(data, model)
     direction_ = infer_direction(metric) if direction is Direction.auto else direction.value
+    strategy_ = choose_strategy(strategy.value, factory)
+    pruner_ = pruner.value if pruner is not Pruner.auto else ("none" if strategy_ == "shared" else "median")
     store = open_storage(storage)
     study_name = study or default_study_name(model)
     progress_cls = LogProgress if quiet or not console.is_terminal else LiveProgress
@@ -246,7 +256,8 @@ def run(
                 seed=seed,
                 sampler=make_sampler(sampler.value, seed),
                 n_trials=trials,
-                pruner=make_pruner(pruner.value, epochs),
+                pruner=make_pruner(pruner_, epochs),
+                strategy=strategy_,
                 observer=progress,
                 study_attrs={"model": model, "data": data or "load_data()"},
             )

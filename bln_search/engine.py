@@ -10,10 +10,9 @@ directly::
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,20 +20,34 @@ import optuna
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig, all_configurations
 from bln_search.errors import BLNSearchError, SearchFailed, StorageError, UserCodeError, first_line
-from bln_search.loading import Data, build_model, check_data_fits_model
-from bln_search.storage import load_existing_study, open_storage
+from bln_search.loading import Data, build_model, check_data_fits_model, takes_trial
+from bln_search.storage import open_storage
+from bln_search.strategies import (  # noqa: F401  (re-exported: the attribute names are part of the engine's API)
+    ATTR_BATCH_SIZE,
+    ATTR_BEST_EPOCH,
+    ATTR_EPOCHS_TRAINED,
+    ATTR_FAIL_MESSAGE,
+    ATTR_FAIL_REASON,
+    ATTR_FIT_SECONDS,
+    ATTR_HISTORY,
+    ATTR_SEED,
+    ATTR_STRATEGY,
+    Curve,
+    Job,
+    PerTrialStrategy,
+    SearchObserver,
+    SharedStrategy,
+    TrainingSettings,
+    TrialFailed,
+    Unit,
+)
 
-# Trial user attributes this module writes (read back by `bln_search.results`).
-ATTR_FAIL_REASON = "fail_reason"
-ATTR_FAIL_MESSAGE = "fail_message"
-ATTR_HISTORY = "history"
-ATTR_BEST_EPOCH = "best_epoch"
-ATTR_EPOCHS_TRAINED = "epochs_trained"
-ATTR_FIT_SECONDS = "fit_seconds"
 ATTR_QUEUED = "queued_config"  # set on queued grid trials, so their configuration is known while they wait
 
 # Failures that would happen again on a re-run, so the configuration counts as done.
 FINAL_FAILURES = frozenset({"non_finite_loss", "duplicate"})
+
+STRATEGIES = ("auto", "shared", "per-trial")
 
 _GRID_READY = "grid_ready"
 
@@ -58,38 +71,19 @@ class SearchInterrupted(BLNSearchError):
     exit_code = 130
 
 
-class _TrialFailed(Exception):
-    """A trial failed for a reason that must not stop the search (e.g. a NaN loss)."""
-
-
-class SearchObserver:
-    """Receives progress events; the CLI's live display is one. All methods are optional."""
-
-    def on_search_start(self, study: optuna.Study, planned: int | None) -> None: ...
-
-    def on_trial_start(self, number: int, config: StatisticsConfig) -> None: ...
-
-    def on_epoch_end(self, number: int, epoch: int, epochs: int, value: float) -> None: ...
-
-    def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None: ...
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    """How each trial trains and what it is judged on."""
-
-    epochs: int = 5
-    batch_size: int = 32
-    metric: str = "val_loss"
-    direction: str = "minimize"
-    seed: int = 0
-
-
 def config_of(trial: optuna.trial.FrozenTrial) -> StatisticsConfig | None:
     """The configuration a trial runs (or will run, while it waits in the queue)."""
     params = trial.params or trial.user_attrs.get(ATTR_QUEUED) or {}
     if all(name in params for name in FLAG_NAMES):
         return StatisticsConfig(*(bool(params[name]) for name in FLAG_NAMES))
+    return None
+
+
+def unit_of(trial) -> Unit | None:
+    """The seed and batch size a trial trains with (stored when it is queued or started)."""
+    attrs = trial.user_attrs
+    if ATTR_SEED in attrs and ATTR_BATCH_SIZE in attrs:
+        return Unit(int(attrs[ATTR_SEED]), int(attrs[ATTR_BATCH_SIZE]))
     return None
 
 
@@ -99,100 +93,24 @@ def _is_done(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get(ATTR_FAIL_REASON) in FINAL_FAILURES
 
 
-def grid_status(study: optuna.Study) -> tuple[set[StatisticsConfig], set[StatisticsConfig], int]:
-    """(configurations done, configurations waiting or running, number running)."""
+def grid_status(study: optuna.Study) -> tuple[set, set, int]:
+    """(work done, work waiting or running, number running); work is a (configuration, unit) pair."""
     done, pending, running = set(), set(), 0
     for trial in study.get_trials(deepcopy=False):
         config = config_of(trial)
         if config is None:
             continue
+        key = (config, unit_of(trial))
         if _is_done(trial):
-            done.add(config)
+            done.add(key)
         elif trial.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING):
-            pending.add(config)
+            pending.add(key)
             running += trial.state == optuna.trial.TrialState.RUNNING
     return done, pending, running
 
 
-class _EpochRecorder:
-    """Keras callback factory: collects each epoch's metric and fails the trial on NaN/inf loss."""
-
-    def __new__(cls, trial, settings: TrainingSettings, observer: SearchObserver):
-        import keras
-
-        class EpochRecorder(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.history: list[float] = []
-
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                loss = logs.get("loss")
-                if loss is not None and not math.isfinite(float(loss)):
-                    raise _NonFiniteLoss(f"training loss became {float(loss)} in epoch {epoch + 1}")
-                if settings.metric not in logs:
-                    available = ", ".join(sorted(logs)) or "none"
-                    raise BLNSearchError(f"metric {settings.metric!r} is not in the training logs (available: {available})")
-                value = float(logs[settings.metric])
-                if not math.isfinite(value):
-                    raise _NonFiniteLoss(f"{settings.metric} became {value} in epoch {epoch + 1}")
-                self.history.append(value)
-                observer.on_epoch_end(trial.number, epoch + 1, settings.epochs, value)
-
-            def store(self, fit_seconds: float) -> None:
-                """Writes the trial's curve once, at its end (complete, pruned or failed)."""
-                trial.set_user_attr(ATTR_FIT_SECONDS, fit_seconds)
-                if self.history:
-                    pick = min if settings.direction == "minimize" else max
-                    best = pick(range(len(self.history)), key=self.history.__getitem__)
-                    trial.set_user_attr(ATTR_HISTORY, self.history)
-                    trial.set_user_attr(ATTR_BEST_EPOCH, best + 1)
-                    trial.set_user_attr(ATTR_EPOCHS_TRAINED, len(self.history))
-
-        return EpochRecorder()
-
-
-class _NonFiniteLoss(_TrialFailed):
-    pass
-
-
-class PerTrialStrategy:
-    """One full training per trial: builds the model, sets the flags, fits with pruning.
-
-    The general strategy: it works for any search space, at the cost of one
-    training per configuration.
-    """
-
-    def __init__(self, model_factory: Callable[[], Any], data: Data, settings: TrainingSettings):
-        self.model_factory = model_factory
-        self.data = data
-        self.settings = settings
-
-    def run_trial(self, trial: optuna.Trial, config: StatisticsConfig, observer: SearchObserver) -> float:
-        import keras
-        from optuna_integration import KerasPruningCallback
-
-        from bln_search.layer import ResetPopulationStatistics, configure
-
-        settings = self.settings
-        # Without gc: a full collection per trial costs more than the fit of a small model.
-        keras.backend.clear_session(free_memory=False)
-        keras.utils.set_random_seed(settings.seed)
-        model = build_model(self.model_factory)
-        configure(model, config)
-        recorder = _EpochRecorder(trial, settings, observer)
-        callbacks = [ResetPopulationStatistics(), recorder, KerasPruningCallback(trial, settings.metric)]
-        start = time.perf_counter()
-        try:
-            model.fit(**self.data.fit_kwargs(settings.batch_size), epochs=settings.epochs, verbose=0, callbacks=callbacks)
-        finally:
-            recorder.store(time.perf_counter() - start)
-        pick = min if settings.direction == "minimize" else max
-        return pick(recorder.history)
-
-
-def _create_or_load_study(storage, study_name, settings, sampler, pruner, grid, extra_attrs):
-    """Creates the study (and, for a grid, queues the 16 configurations once) or loads it."""
+def _create_or_load_study(storage, study_name, settings, sampler, pruner, grid, units, extra_attrs):
+    """Creates the study (and, for a grid, queues every configuration once per unit) or loads it."""
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, direction=settings.direction, sampler=sampler, pruner=pruner
@@ -201,12 +119,18 @@ def _create_or_load_study(storage, study_name, settings, sampler, pruner, grid, 
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         _check_compatible(study, settings)
         return study
-    base = {"metric": settings.metric, "epochs": settings.epochs, "batch_size": settings.batch_size, "seed": settings.seed}
+    base = {
+        "metric": settings.metric,
+        "epochs": settings.epochs,
+        "batch_size": units[0].batch_size,
+        "seed": units[0].seed,
+    }
     for key, value in {**base, **extra_attrs}.items():
         study.set_user_attr(key, value)
     if grid:
-        for config in all_configurations():
-            _enqueue(study, config)
+        for unit in units:
+            for config in all_configurations():
+                _enqueue(study, config, unit)
         study.set_user_attr(_GRID_READY, True)
     return study
 
@@ -221,8 +145,9 @@ def _check_compatible(study: optuna.Study, settings: TrainingSettings) -> None:
         )
 
 
-def _enqueue(study: optuna.Study, config: StatisticsConfig) -> None:
-    study.enqueue_trial(config.as_dict(), user_attrs={ATTR_QUEUED: config.as_dict()})
+def _enqueue(study: optuna.Study, config: StatisticsConfig, unit: Unit) -> None:
+    attrs = {ATTR_QUEUED: config.as_dict(), ATTR_SEED: unit.seed, ATTR_BATCH_SIZE: unit.batch_size}
+    study.enqueue_trial(config.as_dict(), user_attrs=attrs)
 
 
 def _wait_for_grid(study: optuna.Study, timeout: float = 60.0) -> None:
@@ -234,50 +159,75 @@ def _wait_for_grid(study: optuna.Study, timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def _requeue_missing(study: optuna.Study) -> None:
-    """Queues every configuration that is neither done, waiting nor running."""
+def _requeue_missing(study: optuna.Study, units: list[Unit]) -> None:
+    """Queues every (configuration, unit) that is neither done, waiting nor running."""
     done, pending, _ = grid_status(study)
-    for config in all_configurations():
-        if config not in done and config not in pending:
-            _enqueue(study, config)
+    for unit in units:
+        for config in all_configurations():
+            if (config, unit) not in done and (config, unit) not in pending:
+                _enqueue(study, config, unit)
 
 
-def preflight(model_factory: Callable[[], Any], data: Data, settings: TrainingSettings) -> None:
-    """Builds the model once and evaluates a batch, so bad input fails before the study is touched."""
+def preflight(model_factory: Callable[..., Any], data: Data, settings: TrainingSettings, unit: Unit):
+    """Builds the model once and evaluates a batch, so bad input fails before the study is touched.
+
+    Returns the model, built under `unit.seed` exactly as a training would
+    build it, so the first shared training can start from it instead of
+    building and compiling its evaluation again.
+    """
     import keras
 
-    keras.utils.set_random_seed(settings.seed)
-    model = build_model(model_factory)
+    keras.utils.set_random_seed(unit.seed)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(unit.seed)).ask() if takes_trial(model_factory) else None
+    model = build_model(model_factory, trial)
     check_data_fits_model(data, model)
     try:
         if data.is_dataset:
             logs = model.evaluate(data.validation.take(1), verbose=0, return_dict=True)
         else:
             x, y = data.validation
-            logs = model.evaluate(x[: settings.batch_size], y[: settings.batch_size], verbose=0, return_dict=True)
+            logs = model.evaluate(x[: unit.batch_size], y[: unit.batch_size], verbose=0, return_dict=True)
     except Exception as error:
         message = first_line(error) or type(error).__name__
         raise UserCodeError(f"the model cannot evaluate the validation data: {message}") from None
     names = {f"val_{name}" for name in logs} | set(logs)
     if settings.metric not in names:
         raise BLNSearchError(f"metric {settings.metric!r} is not one the model reports (available: {', '.join(sorted(names))})")
-    keras.backend.clear_session()
+    return model
+
+
+def choose_strategy(strategy: str, model_factory: Callable[..., Any]) -> str:
+    """`auto` is `shared` unless the factory takes a `trial` (then training itself is searched)."""
+    if strategy not in STRATEGIES:
+        raise BLNSearchError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    searches_training = takes_trial(model_factory)
+    if strategy == "shared" and searches_training:
+        raise BLNSearchError(
+            "the model factory takes a `trial` and so searches training hyper-parameters: "
+            "one training cannot be shared across trials, use --strategy per-trial"
+        )
+    if strategy == "auto":
+        return "per-trial" if searches_training else "shared"
+    return strategy
 
 
 def search(
-    model_factory: Callable[[], Any],
+    model_factory: Callable[..., Any],
     data: Data,
     *,
     study_name: str,
     storage: str | optuna.storages.BaseStorage | None = None,
     epochs: int = 5,
-    batch_size: int = 32,
+    batch_size: int | Sequence[int] = 32,
     metric: str = "val_loss",
     direction: str | None = None,
     seed: int = 0,
+    seeds: int = 1,
     sampler: optuna.samplers.BaseSampler | None = None,
     n_trials: int | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    strategy: str = "auto",
+    configs_per_training: int | None = None,
     observer: SearchObserver | None = None,
     study_attrs: dict[str, Any] | None = None,
 ) -> optuna.Study:
@@ -285,19 +235,29 @@ def search(
 
     Args:
         model_factory: Returns a compiled `keras.Model` with at least one
-            `BatchLayerNormalization`; called once per trial.
+            `BatchLayerNormalization`. A factory with a `trial` parameter gets
+            the Optuna trial, to suggest hyper-parameters of its own.
         data: `bln_search.loading.Data` (training and validation data).
         study_name: The Optuna study; an existing one is resumed.
         storage: An Optuna storage or database URL (default: `sqlite:///bln-search.db`).
-        epochs, batch_size: Training of each trial. `batch_size` applies to arrays.
+        epochs: Training epochs; every epoch's `metric` is one intermediate value.
+        batch_size: Training batch size (for arrays), or several: the grid then
+            runs once per batch size.
         metric: A Keras log name, judged per epoch; a trial's value is its best epoch.
         direction: `"minimize"`/`"maximize"`; inferred from `metric` when omitted.
-        seed: Seeds every trial's weights and data order alike, so configurations
-            differ only in their flags.
-        sampler: `None` for the grid: every configuration exactly once, also
-            across resumes and workers. Otherwise any Optuna sampler, with `n_trials`.
+        seed, seeds: The grid runs every configuration under `seeds` seeds
+            `seed, seed + 1, ...`; a seed fixes weights and data order alike, so
+            configurations differ only in their flags.
+        sampler: `None` for the grid: every configuration exactly once per seed
+            and batch size, also across resumes and workers. Otherwise any Optuna
+            sampler, with `n_trials`.
         n_trials: The study's total trial budget for a sampler (resumes run the rest).
         pruner: Any Optuna pruner, fed each epoch's `metric` (default: none).
+        strategy: `"shared"` trains once per seed and batch size and evaluates
+            every configuration after each epoch; `"per-trial"` trains each
+            trial; `"auto"` picks shared unless the factory takes a `trial`.
+        configs_per_training: Shared strategy: at most this many configurations
+            per training, so that several workers can split one grid.
         observer: Progress events (`SearchObserver`).
         study_attrs: Extra user attributes stored on a new study (e.g. the model spec).
 
@@ -308,13 +268,21 @@ def search(
     grid = sampler is None
     if not grid and not n_trials:
         raise BLNSearchError("a sampler needs a trial budget (n_trials)")
-    settings = TrainingSettings(epochs, batch_size, metric, direction or infer_direction(metric), seed)
-    observer = observer or SearchObserver()
+    batch_sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
+    if not batch_sizes or any(b < 1 for b in batch_sizes) or seeds < 1:
+        raise BLNSearchError("batch sizes and the number of seeds must be at least 1")
+    units = [Unit(seed + i, b) for b in batch_sizes for i in range(seeds)]
+    if not grid and len(units) > 1:
+        raise BLNSearchError("several seeds or batch sizes need the grid sampler (every configuration per seed and batch size)")
+    strategy = choose_strategy(strategy, model_factory)
+    settings = TrainingSettings(epochs, metric, direction or infer_direction(metric))
     if not isinstance(storage, optuna.storages.BaseStorage):
         storage = open_storage(storage)
-    preflight(model_factory, data, settings)
+    checked_model = preflight(model_factory, data, settings, units[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Shared trainings ask and tell; their heartbeats are recorded by bln-search (strategies._Heartbeat).
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         study = _create_or_load_study(
             storage,
             study_name,
@@ -322,91 +290,205 @@ def search(
             sampler or optuna.samplers.RandomSampler(seed=seed),
             pruner or optuna.pruners.NopPruner(),
             grid,
-            {"sampler": "grid" if grid else type(sampler).__name__, **(study_attrs or {})},
+            units,
+            {"sampler": "grid" if grid else type(sampler).__name__, "strategy": strategy, **(study_attrs or {})},
         )
         if grid:
             _wait_for_grid(study)
-            _requeue_missing(study)
-        strategy = PerTrialStrategy(model_factory, data, settings)
-        return _run(study, strategy, grid, n_trials, observer, storage)
-
-
-def _planned(study: optuna.Study, grid: bool, n_trials: int | None) -> int:
-    if grid:
-        return len(all_configurations())
-    return n_trials
-
-
-def _run(study, strategy, grid, n_trials, observer, storage) -> optuna.Study:
-    poll = min(5.0, max(0.5, getattr(storage, "heartbeat_interval", None) or 5.0))
-    observer.on_search_start(study, _planned(study, grid, n_trials))
-    outcomes = []
-
-    def objective(trial: optuna.Trial) -> float:
-        if grid and not trial.params and ATTR_QUEUED not in trial.user_attrs:
-            # Another worker took the last queued configuration between our check and ask.
-            trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
-            raise _NoWorkLeft("no queued configuration left")
-        config = StatisticsConfig(*(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES))
-        if grid and any(config_of(t) == config and _is_done(t) for t in study.get_trials(deepcopy=False)):
-            trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
-            raise _TrialFailed(f"configuration {config.label} was already evaluated")
-        observer.on_trial_start(trial.number, config)
+            _requeue_missing(study, units)
+        run = _Run(study, storage, grid, n_trials, units, _Outcomes(observer or SearchObserver()))
         try:
-            return strategy.run_trial(trial, config, observer)
-        except optuna.TrialPruned:
-            raise
-        except _TrialFailed as error:
-            trial.set_user_attr(ATTR_FAIL_REASON, "non_finite_loss")
-            trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr(ATTR_FAIL_REASON, "interrupted")
-            raise
-        except BLNSearchError as error:
-            trial.set_user_attr(ATTR_FAIL_REASON, "error")
-            trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
-            raise
-        except Exception as error:
-            message = first_line(error)
-            trial.set_user_attr(ATTR_FAIL_REASON, "error")
-            trial.set_user_attr(ATTR_FAIL_MESSAGE, f"{type(error).__name__}: {message}")
-            raise UserCodeError(f"training failed: {type(error).__name__}: {message}") from error
-
-    def on_trial_end(study, frozen):
-        outcomes.append(frozen)
-        observer.on_trial_end(frozen)
-
-    try:
-        while True:
-            optuna.storages.fail_stale_trials(study)
-            if grid:
-                waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-                if not waiting:
-                    if grid_status(study)[2] == 0:
-                        break
-                    time.sleep(poll)  # other workers (or a dead one, until its heartbeat lapses) hold the rest
-                    continue
+            if strategy == "shared":
+                run.shared(SharedStrategy(model_factory, data, settings, first_model=(units[0], checked_model)), configs_per_training)
             else:
-                trials = study.get_trials(deepcopy=False)
-                if sum(_is_done(t) or t.state == optuna.trial.TrialState.RUNNING for t in trials) >= n_trials:
-                    break
-            try:
-                study.optimize(objective, n_trials=1, catch=(_TrialFailed,), callbacks=[on_trial_end], gc_after_trial=False)
-            except _NoWorkLeft:
-                break
-    except (KeyboardInterrupt, BLNSearchError) as error:
-        if grid:  # the stopped trial is FAIL now: queue its configuration again for whoever runs next
-            _requeue_missing(study)
-        if isinstance(error, KeyboardInterrupt):
-            raise SearchInterrupted("interrupted: finished trials are stored; run the same command again to resume") from None
-        raise
-    ran = [t for t in outcomes if t.user_attrs.get(ATTR_FAIL_REASON) != "duplicate"]
-    if ran and all(t.state == optuna.trial.TrialState.FAIL for t in ran):
-        reasons = {t.user_attrs.get(ATTR_FAIL_MESSAGE, "failed") for t in ran}
-        raise SearchFailed(f"all {len(ran)} trials failed ({'; '.join(sorted(reasons))[:200]}); check the learning rate and the data")
+                run.per_trial(PerTrialStrategy(model_factory, data, settings))
+        except (KeyboardInterrupt, BLNSearchError) as error:
+            if grid:  # the stopped trials are FAIL now: queue their configurations again for whoever runs next
+                _requeue_missing(study, units)
+            if isinstance(error, KeyboardInterrupt):
+                raise SearchInterrupted("interrupted: finished trials are stored; run the same command again to resume") from None
+            raise
+        run.outcomes.check()
     return study
+
+
+class _Outcomes(SearchObserver):
+    """Forwards events to the user's observer and remembers how this run's trials ended."""
+
+    def __init__(self, observer: SearchObserver):
+        self.observer = observer
+        self.ended: list[optuna.trial.FrozenTrial] = []
+
+    def on_search_start(self, study, planned):
+        self.observer.on_search_start(study, planned)
+
+    def on_training_start(self, unit, configs):
+        self.observer.on_training_start(unit, configs)
+
+    def on_training_end(self, unit, epochs):
+        self.observer.on_training_end(unit, epochs)
+
+    def on_trial_start(self, number, config):
+        self.observer.on_trial_start(number, config)
+
+    def on_epoch_end(self, number, epoch, epochs, value):
+        self.observer.on_epoch_end(number, epoch, epochs, value)
+
+    def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
+        self.ended.append(trial)
+        self.observer.on_trial_end(trial)
+
+    def check(self) -> None:
+        ran = [t for t in self.ended if t.user_attrs.get(ATTR_FAIL_REASON) != "duplicate"]
+        if ran and all(t.state == optuna.trial.TrialState.FAIL for t in ran):
+            reasons = {t.user_attrs.get(ATTR_FAIL_MESSAGE, "failed") for t in ran}
+            raise SearchFailed(f"all {len(ran)} trials failed ({'; '.join(sorted(reasons))[:200]}); check the learning rate and the data")
 
 
 class _NoWorkLeft(Exception):
     pass
+
+
+class _Run:
+    """The work loop of one worker: takes queued (or sampled) trials until none is left."""
+
+    def __init__(self, study, storage, grid, n_trials, units, outcomes: _Outcomes):
+        self.study, self.grid, self.n_trials, self.units, self.outcomes = study, grid, n_trials, units, outcomes
+        self.poll = min(5.0, max(0.5, getattr(storage, "heartbeat_interval", None) or 5.0))
+        planned = len(all_configurations()) * len(units) if grid else n_trials
+        outcomes.on_search_start(study, planned)
+
+    def _wait_for_others(self) -> bool:
+        """True while other workers (or a dead one, until its heartbeat lapses) hold trials of the grid."""
+        if grid_status(self.study)[2] == 0:
+            return False
+        time.sleep(self.poll)
+        return True
+
+    def _budget_left(self) -> int:
+        trials = self.study.get_trials(deepcopy=False)
+        return self.n_trials - sum(_is_done(t) or t.state == optuna.trial.TrialState.RUNNING for t in trials)
+
+    # -- per-trial ---------------------------------------------------------------------------
+
+    def per_trial(self, strategy: PerTrialStrategy) -> None:
+        study, grid = self.study, self.grid
+
+        def objective(trial: optuna.Trial) -> float:
+            unit = unit_of(trial)
+            if grid and (unit is None or ATTR_QUEUED not in trial.user_attrs):
+                # Another worker took the last queued configuration between our check and ask.
+                trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
+                raise _NoWorkLeft("no queued configuration left")
+            if unit is None:
+                unit = self.units[0]
+                trial.set_user_attr(ATTR_SEED, unit.seed)
+                trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
+            trial.set_user_attr(ATTR_STRATEGY, strategy.name)
+            config = StatisticsConfig(*(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES))
+            if grid and (config, unit) in grid_status(study)[0]:
+                trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
+                raise TrialFailed(f"configuration {config.label} was already evaluated")
+            self.outcomes.on_trial_start(trial.number, config)
+            try:
+                return strategy.run_trial(trial, config, unit, self.outcomes)
+            except optuna.TrialPruned:
+                raise
+            except TrialFailed as error:
+                trial.set_user_attr(ATTR_FAIL_REASON, error.reason)
+                trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
+                raise
+            except KeyboardInterrupt:
+                trial.set_user_attr(ATTR_FAIL_REASON, "interrupted")
+                raise
+            except BLNSearchError as error:
+                trial.set_user_attr(ATTR_FAIL_REASON, "error")
+                trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
+                raise
+            except Exception as error:
+                wrapped = UserCodeError(f"training failed: {type(error).__name__}: {first_line(error)}")
+                trial.set_user_attr(ATTR_FAIL_REASON, "error")
+                trial.set_user_attr(ATTR_FAIL_MESSAGE, str(wrapped))
+                raise wrapped from error
+
+        def on_trial_end(study, frozen):
+            self.outcomes.on_trial_end(frozen)
+
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            if grid:
+                if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                    if self._wait_for_others():
+                        continue
+                    return
+            elif self._budget_left() <= 0:
+                return
+            try:
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[on_trial_end], gc_after_trial=False)
+            except _NoWorkLeft:
+                return
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def shared(self, strategy: SharedStrategy, configs_per_training: int | None) -> None:
+        taken: list[Job] = []
+        try:
+            while True:
+                optuna.storages.fail_stale_trials(self.study)
+                groups = self._take(strategy.settings, configs_per_training, taken)
+                if not groups:
+                    if self.grid and self._wait_for_others():
+                        continue
+                    return
+                for unit, jobs in groups.items():
+                    strategy.run_unit(self.study, unit, jobs, self.outcomes)
+        finally:  # trials taken but never started (an interrupt or error in an earlier group)
+            for job in taken:
+                if job.live:
+                    job.live = False
+                    job.trial.set_user_attr(ATTR_FAIL_REASON, "interrupted")
+                    self.outcomes.on_trial_end(self.study.tell(job.trial, state=optuna.trial.TrialState.FAIL))
+
+    def _take(self, settings: TrainingSettings, limit: int | None, taken: list[Job]) -> dict[Unit, list[Job]]:
+        """Asks for the trials of the next training: the queued ones of the oldest waiting unit."""
+        study = self.study
+        if self.grid:
+            waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            if not waiting:
+                return {}
+            first = unit_of(waiting[0])
+            count = sum(unit_of(t) == first for t in waiting)
+            done = grid_status(study)[0]
+        else:
+            count = self._budget_left()
+            done = set()
+        count = min(count, limit or count)
+        groups: dict[Unit, list[Job]] = {}
+        for _ in range(count):
+            trial = study.ask()
+            self._beat(trial)
+            unit = unit_of(trial)
+            if self.grid and (unit is None or ATTR_QUEUED not in trial.user_attrs):
+                # Another worker emptied the queue between our look and our ask.
+                trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                break
+            if unit is None:
+                unit = self.units[0]
+                trial.set_user_attr(ATTR_SEED, unit.seed)
+                trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
+            config = StatisticsConfig(*(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES))
+            if (config, unit) in done:
+                trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            job = Job(trial, config, Curve(settings.direction))
+            taken.append(job)
+            groups.setdefault(unit, []).append(job)
+        return groups
+
+    def _beat(self, trial: optuna.Trial) -> None:
+        """A first heartbeat at once, so a worker killed before training still leaves a stale trial."""
+        storage = self.study._storage
+        if getattr(storage, "get_heartbeat_interval", lambda: None)():
+            storage.record_heartbeat(trial._trial_id)

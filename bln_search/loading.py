@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,13 +80,22 @@ def call_user(fn: Callable[..., Any], what: str, *args, **kwargs):
         raise UserCodeError(f"{what} raised {type(error).__name__}: {error}") from error
 
 
-def build_model(factory: Callable[[], Any], name: str = "model factory"):
-    """Calls the factory and checks it returned a compiled Keras model with BLN layers."""
+def takes_trial(factory: Callable[..., Any]) -> bool:
+    """Whether the factory has a `trial` parameter, i.e. searches hyper-parameters of its own."""
+    try:
+        return "trial" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins and C callables have no signature
+        return False
+
+
+def build_model(factory: Callable[..., Any], trial=None, name: str = "model factory"):
+    """Calls the factory (with the Optuna `trial` if it takes one) and checks it returned
+    a compiled Keras model with BLN layers."""
     import keras
 
     from bln_search.layer import find_bln_layers
 
-    model = call_user(factory, name)
+    model = call_user(factory, name, trial=trial) if takes_trial(factory) else call_user(factory, name)
     if not isinstance(model, keras.Model):
         raise UserCodeError(f"{name} must return a keras.Model, got {type(model).__name__}")
     if not getattr(model, "compiled", False):
@@ -106,12 +116,29 @@ class Data:
     def is_dataset(self) -> bool:
         return not isinstance(self.train, tuple)
 
-    def fit_kwargs(self, batch_size: int) -> dict[str, Any]:
+    def fit_kwargs(self, batch_size: int, validation: bool = True) -> dict[str, Any]:
         """Keyword arguments for `model.fit` (arrays are batched here, datasets come batched)."""
         if self.is_dataset:
-            return {"x": self.train, "validation_data": self.validation}
-        x, y = self.train
-        return {"x": x, "y": y, "batch_size": batch_size, "validation_data": self.validation}
+            kwargs = {"x": self.train}
+        else:
+            x, y = self.train
+            kwargs = {"x": x, "y": y, "batch_size": batch_size}
+        if validation:
+            kwargs["validation_data"] = self.validation
+        return kwargs
+
+    def validation_dataset(self, batch_size: int):
+        """The validation data as one reusable, cached `tf.data.Dataset`.
+
+        Batched exactly as `fit` batches `validation_data` (same size, same
+        order), so evaluating it gives `fit`'s `val_` metrics, but without
+        re-adapting the arrays on every call.
+        """
+        if self.is_dataset:
+            return self.validation
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices(self.validation).batch(batch_size).cache()
 
 
 def _as_pair(value, part: str):

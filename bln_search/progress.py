@@ -7,7 +7,7 @@ import math
 import optuna
 
 from bln_search.config import StatisticsConfig
-from bln_search.engine import SearchObserver
+from bln_search.engine import SearchObserver, Unit
 
 
 class LiveProgress(SearchObserver):
@@ -30,6 +30,7 @@ class LiveProgress(SearchObserver):
         self.best = None
         self.direction = "minimize"
         self.current = ""
+        self.shared_epoch = None  # the epoch a shared training is in, None in per-trial mode
 
     def __enter__(self):
         self.progress.start()
@@ -51,12 +52,22 @@ class LiveProgress(SearchObserver):
             self.best = min(complete) if self.direction == "minimize" else max(complete)
         self.task = self.progress.add_task("search", total=planned, completed=min(finished, planned or finished), status=self._status())
 
-    def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
-        self.current = f"#{number} [cyan]{config.label}[/]"
+    def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
+        self.current = f"shared training (seed {unit.seed}, batch size {unit.batch_size}): [cyan]{len(configs)} configurations[/]"
+        self.shared_epoch = 0
         self.progress.update(self.task, status=self._status("starting"))
 
+    def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
+        if self.shared_epoch is None:
+            self.current = f"#{number} [cyan]{config.label}[/]"
+            self.progress.update(self.task, status=self._status("starting"))
+
     def on_epoch_end(self, number: int, epoch: int, epochs: int, value: float) -> None:
-        self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}"))
+        if self.shared_epoch is None:
+            self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}"))
+        elif epoch != self.shared_epoch:
+            self.shared_epoch = epoch
+            self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} evaluated"))
 
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
@@ -80,6 +91,13 @@ class LogProgress(SearchObserver):
 
     def __exit__(self, *exc):
         return None
+
+    def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
+        self.console.print(
+            f"shared training (seed {unit.seed}, batch size {unit.batch_size}): {len(configs)} configurations evaluated after every epoch",
+            highlight=False,
+            markup=False,
+        )
 
     def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
         self.configs[number] = config

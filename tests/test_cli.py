@@ -166,14 +166,15 @@ def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path):
+@pytest.mark.parametrize("strategy", ["per-trial", "shared"])
+def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     import signal
     import time
 
     model = f"{FIX}:build"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
-        [str(BIN / "bln-search"), "run", "--model", model, "--epochs", "40", "-q", "--pruner", "none"],
+        [str(BIN / "bln-search"), "run", "--model", model, "--epochs", "400", "-q", "--pruner", "none", "--strategy", strategy],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     url = f"sqlite:///{tmp_path / 'bln-search.db'}"
@@ -186,8 +187,10 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path):
             except Exception:
                 continue
             states = [t.state for t in trials]
-            if optuna.trial.TrialState.COMPLETE in states and optuna.trial.TrialState.RUNNING in states:
-                break
+            if strategy == "per-trial" and optuna.trial.TrialState.COMPLETE in states and optuna.trial.TrialState.RUNNING in states:
+                break  # a trial has finished and the next one runs
+            if strategy == "shared" and optuna.trial.TrialState.RUNNING in states and any(t.intermediate_values for t in trials):
+                break  # the shared training has evaluated every configuration at least once
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
@@ -195,7 +198,9 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path):
     assert "rank" in err and "running" not in err  # the leaderboard so far, on stderr with the other human output
     study = optuna.load_study(study_name="models-build", storage=url)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    rerun = bln_search_command("run", "--model", model, "--epochs", "2", "-q", "--pruner", "none", cwd=tmp_path)
+    interrupted = [t for t in study.trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    assert len(interrupted) == (1 if strategy == "per-trial" else 16)
+    rerun = bln_search_command("run", "--model", model, "--epochs", "2", "-q", "--pruner", "none", "--strategy", strategy, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="models-build", storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -60,7 +60,7 @@ class InterruptAfter(SearchObserver):
 
 def test_interrupted_grid_resumes_to_exactly_sixteen_distinct_configurations(data, storage):
     with pytest.raises(SearchInterrupted):
-        bln_search.search(models.build, data, study_name="resume", storage=storage, epochs=2, observer=InterruptAfter(5))
+        bln_search.search(models.build, data, study_name="resume", storage=storage, epochs=2, strategy="per-trial", observer=InterruptAfter(5))
     study = optuna.load_study(study_name="resume", storage=storage)
     assert len(complete_configs(study)) == 5
     interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -68,7 +68,7 @@ def test_interrupted_grid_resumes_to_exactly_sixteen_distinct_configurations(dat
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     finished_before = {t.number: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
 
-    study = bln_search.search(models.build, data, study_name="resume", storage=storage, epochs=2)
+    study = bln_search.search(models.build, data, study_name="resume", storage=storage, epochs=2, strategy="per-trial")
     configs = complete_configs(study)
     assert len(configs) == len(set(configs)) == 16
     assert config_of(interrupted[0]) in configs  # the interrupted configuration was run again
