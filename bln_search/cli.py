@@ -62,7 +62,11 @@ class Format(str, Enum):
 
 StorageOption = Annotated[
     Optional[str],
-    typer.Option(help="Optuna storage URL, e.g. postgresql://user:pass@host/db. Default: sqlite:///bln-search.db in the working directory."),
+    typer.Option(
+        envvar="BLN_SEARCH_STORAGE",
+        show_envvar=True,
+        help="Optuna storage URL, e.g. postgresql://user:pass@host/db (the environment variable keeps a password out of your shell history). Default: sqlite:///bln-search.db in the working directory.",
+    ),
 ]
 
 
@@ -214,6 +218,9 @@ def run(
     seed: Annotated[int, typer.Option(help="Seeds every trial's weights and data order alike.")] = 0,
     storage: StorageOption = None,
     study: Annotated[Optional[str], typer.Option(help="Study name. Default: derived from --model; an existing study is resumed.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes on this study, this one included. Workers on other machines just run the same command with the same --storage and --study.")] = 1,
+    configs_per_training: Annotated[Optional[int], typer.Option(min=1, max=16, help="Shared strategy: at most this many configurations per training, so that workers split one grid. Default: all; with --workers N an even share.")] = None,
+    heartbeat: Annotated[int, typer.Option(min=1, help="Seconds between a running trial's heartbeats; trials of a worker silent for twice as long are failed and retried.")] = 30,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live display.")] = False,
 ):
     """Search the statistics configurations, storing every trial; re-running resumes."""
@@ -221,10 +228,10 @@ def run(
 
     if sampler is not Sampler.grid and trials is None:
         raise BLNSearchError(f"--sampler {sampler.value} needs --trials N")
-    import signal
+    from bln_search import interrupts
 
     # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop a run cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.install()
     _quiet_libraries(tensorflow=True)
     from bln_search.loading import load_data, resolve_callable
     from bln_search.parts import make_pruner, make_sampler
@@ -238,9 +245,25 @@ def run(
     direction_ = infer_direction(metric) if direction is Direction.auto else direction.value
     strategy_ = choose_strategy(strategy.value, factory)
     pruner_ = pruner.value if pruner is not Pruner.auto else ("none" if strategy_ == "shared" else "median")
-    store = open_storage(storage)
+    store = open_storage(storage, heartbeat_seconds=heartbeat, concurrent=workers > 1)
     study_name = study or default_study_name(model)
     progress_cls = LogProgress if quiet or not console.is_terminal else LiveProgress
+    pool = None
+    if workers > 1:
+        from bln_search.workers import WorkerPool
+
+        units = 1
+        if configs_per_training is None and strategy_ == "shared" and units < workers:
+            configs_per_training = -(-16 * units // workers)  # an even share of the grid per worker
+        arguments = [
+            "--model", model, "--epochs", str(epochs), "--batch-size", str(batch_size), "--metric", metric,
+            "--direction", direction_, "--sampler", sampler.value, "--pruner", pruner_, "--strategy", strategy_,
+            "--seed", str(seed), "--study", study_name, "--heartbeat", str(heartbeat), "--quiet",
+        ]
+        arguments += ["--data", data] if data else []
+        arguments += ["--trials", str(trials)] if trials else []
+        arguments += ["--configs-per-training", str(configs_per_training)] if configs_per_training else []
+        pool = WorkerPool(arguments, store.url, workers - 1)
     interrupted = None
     with progress_cls(console, metric) as progress:
         try:
@@ -258,17 +281,56 @@ def run(
                 n_trials=trials,
                 pruner=make_pruner(pruner_, epochs),
                 strategy=strategy_,
-                observer=progress,
+                configs_per_training=configs_per_training,
+                observer=progress if pool is None else _StartWorkers(progress, pool),
                 study_attrs={"model": model, "data": data or "load_data()"},
             )
         except SearchInterrupted as error:
             interrupted = error
+            exits = _stop_workers(pool, stop=True)
+        except BaseException:
+            _stop_workers(pool, stop=True)
+            raise
+        else:
+            try:
+                exits = _stop_workers(pool, stop=False)  # the other workers may still hold trials
+            except KeyboardInterrupt:
+                exits = _stop_workers(pool, stop=True)
+                interrupted = SearchInterrupted("interrupted: finished trials are stored; run the same command again to resume")
     from bln_search.storage import load_existing_study
 
     _print_leaderboard(load_existing_study(store, study_name), Format.table, console)
     if interrupted is not None:
         raise interrupted
+    failed = [e for e in exits if e.returncode != 0]
+    if failed:
+        first = failed[0]
+        raise BLNSearchError(f"worker {first.number} exited with code {first.returncode}: {first.last_line or 'no message'}")
     console.print(f"stored in study [bold]{study_name}[/]; export the best with: bln-search export --study {study_name} -o best.json", highlight=False)
+
+
+class _StartWorkers:
+    """Starts the background workers once the study exists and the preflight check passed."""
+
+    def __init__(self, observer, pool):
+        self.observer, self.pool = observer, pool
+
+    def __getattr__(self, name):
+        return getattr(self.observer, name)
+
+    def on_search_start(self, study, planned):
+        self.pool.start()
+        self.observer.on_search_start(study, planned)
+
+
+def _stop_workers(pool, stop: bool) -> list:
+    """Waits for the background workers; on an interrupt or error, Ctrl-C's them first."""
+    if pool is None or not pool.processes:
+        return []
+    if stop:
+        pool.interrupt()
+        return pool.wait(timeout=120)
+    return pool.wait()
 
 
 @app.command()

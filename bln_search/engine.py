@@ -20,6 +20,7 @@ import optuna
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig, all_configurations
 from bln_search.errors import BLNSearchError, SearchFailed, StorageError, UserCodeError, first_line
+from bln_search.interrupts import check as check_interrupt
 from bln_search.loading import Data, build_model, check_data_fits_model, takes_trial
 from bln_search.storage import open_storage
 from bln_search.strategies import (  # noqa: F401  (re-exported: the attribute names are part of the engine's API)
@@ -32,6 +33,8 @@ from bln_search.strategies import (  # noqa: F401  (re-exported: the attribute n
     ATTR_HISTORY,
     ATTR_SEED,
     ATTR_STRATEGY,
+    ATTR_WORKER,
+    WORKER,
     Curve,
     Job,
     PerTrialStrategy,
@@ -385,6 +388,7 @@ class _Run:
                 trial.set_user_attr(ATTR_SEED, unit.seed)
                 trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
             trial.set_user_attr(ATTR_STRATEGY, strategy.name)
+            trial.set_user_attr(ATTR_WORKER, WORKER)
             config = StatisticsConfig(*(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES))
             if grid and (config, unit) in grid_status(study)[0]:
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
@@ -415,6 +419,7 @@ class _Run:
             self.outcomes.on_trial_end(frozen)
 
         while True:
+            check_interrupt()
             optuna.storages.fail_stale_trials(study)
             if grid:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
@@ -434,6 +439,7 @@ class _Run:
         taken: list[Job] = []
         try:
             while True:
+                check_interrupt()
                 optuna.storages.fail_stale_trials(self.study)
                 groups = self._take(strategy.settings, configs_per_training, taken)
                 if not groups:

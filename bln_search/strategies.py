@@ -15,8 +15,11 @@ best epoch, and the value of the best epoch.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +28,8 @@ import optuna
 
 from bln_search.config import StatisticsConfig
 from bln_search.errors import BLNSearchError, UserCodeError, first_line
+from bln_search.interrupts import check as check_interrupt
+from bln_search.interrupts import interrupt_checker
 from bln_search.loading import Data, build_model
 
 # Trial user attributes written here (read back by `bln_search.results`).
@@ -37,6 +42,10 @@ ATTR_FIT_SECONDS = "fit_seconds"
 ATTR_SEED = "seed"
 ATTR_BATCH_SIZE = "batch_size"
 ATTR_STRATEGY = "strategy"
+ATTR_WORKER = "worker"  # host:pid of the process that ran the trial
+ATTR_TRAINING = "training"  # the shared training a trial was evaluated in
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,7 @@ class PerTrialStrategy:
         keras.utils.set_random_seed(unit.seed)
         model = build_model(self.model_factory, trial)
         configure(model, config)
-        callbacks = [ResetPopulationStatistics(), Recorder(), KerasPruningCallback(trial, settings.metric)]
+        callbacks = [ResetPopulationStatistics(), Recorder(), KerasPruningCallback(trial, settings.metric), interrupt_checker()]
         start = time.perf_counter()
         try:
             model.fit(**self.data.fit_kwargs(unit.batch_size), epochs=settings.epochs, verbose=0, callbacks=callbacks)
@@ -257,8 +266,11 @@ class SharedStrategy:
             return time.perf_counter() - start
 
         observer.on_training_start(unit, [job.config for job in jobs])
+        training = uuid.uuid4().hex[:12]
         for job in jobs:
             job.trial.set_user_attr(ATTR_STRATEGY, self.name)
+            job.trial.set_user_attr(ATTR_WORKER, WORKER)
+            job.trial.set_user_attr(ATTR_TRAINING, training)
             observer.on_trial_start(job.trial.number, job.config)
         model = self._model_for(unit)
         validation = self.data.validation_dataset(unit.batch_size)
@@ -277,6 +289,7 @@ class SharedStrategy:
                 shared_value = _training_logs_value(logs, settings.metric, epoch)
             live = [job for job in jobs if job.live]
             for job in live:
+                check_interrupt()
                 if evaluated:
                     configure(model, job.config)
                     results = model.evaluate(validation, verbose=0, return_dict=True)
@@ -304,7 +317,7 @@ class SharedStrategy:
             def on_epoch_end(self, epoch, logs=None):
                 evaluate_all(epoch, logs or {})
 
-        callbacks = [ResetPopulationStatistics(), EvaluateEveryConfiguration()]
+        callbacks = [ResetPopulationStatistics(), EvaluateEveryConfiguration(), interrupt_checker()]
         try:
             with _Heartbeat(study._storage, jobs):
                 model.fit(**self.data.fit_kwargs(unit.batch_size, validation=False), epochs=settings.epochs, verbose=0, callbacks=callbacks)
