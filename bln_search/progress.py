@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import optuna
 
 from bln_search.config import StatisticsConfig
@@ -43,14 +41,19 @@ class LiveProgress(SearchObserver):
         best = "–" if self.best is None else f"{self.best:.4f}"
         return f"{self.current} {epoch_text} [dim]best {self.metric}[/] {best}"
 
-    def on_search_start(self, study: optuna.Study, planned: int | None) -> None:
-        self.direction = study.direction.name.lower()
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("fail_reason") != "duplicate"]
-        finished = sum(t.state != optuna.trial.TrialState.FAIL or t.user_attrs.get("fail_reason") == "non_finite_loss" for t in done)
+    def _refresh(self) -> int:
+        """Finished trials and the best value so far, read from the storage: other workers count too."""
+        done = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("fail_reason") != "duplicate"]
         complete = [t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE]
         if complete:
             self.best = min(complete) if self.direction == "minimize" else max(complete)
-        self.task = self.progress.add_task("search", total=planned, completed=min(finished, planned or finished), status=self._status())
+        finished = sum(t.state != optuna.trial.TrialState.FAIL or t.user_attrs.get("fail_reason") == "non_finite_loss" for t in done)
+        return min(finished, self.planned or finished)
+
+    def on_search_start(self, study: optuna.Study, planned: int | None) -> None:
+        self.study, self.planned = study, planned
+        self.direction = study.direction.name.lower()
+        self.task = self.progress.add_task("search", total=planned, completed=self._refresh(), status=self._status())
 
     def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
         self.current = f"shared training (seed {unit.seed}, batch size {unit.batch_size}): [cyan]{len(configs)} configurations[/]"
@@ -70,12 +73,7 @@ class LiveProgress(SearchObserver):
             self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} evaluated"))
 
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
-            better = self.best is None or (trial.value < self.best if self.direction == "minimize" else trial.value > self.best)
-            if better:
-                self.best = trial.value
-        counts = trial.state != optuna.trial.TrialState.FAIL or trial.user_attrs.get("fail_reason") == "non_finite_loss"
-        self.progress.update(self.task, advance=1 if counts else 0, status=self._status(trial.state.name.lower()))
+        self.progress.update(self.task, completed=self._refresh(), status=self._status(trial.state.name.lower()))
 
 
 class LogProgress(SearchObserver):

@@ -26,11 +26,14 @@ def mask_url(text: str) -> str:
     return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", str(text))
 
 
-def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFAULT_HEARTBEAT_SECONDS):
+def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFAULT_HEARTBEAT_SECONDS, concurrent: bool = False):
     """An Optuna RDB storage for `url` (default: the SQLite file), checked to be reachable.
 
     Heartbeats let a worker that was killed mid-trial be detected: its trial is
     failed after `2 * heartbeat_seconds` of silence and re-queued.
+    `concurrent`: several local processes will share an SQLite file, so it is
+    switched to write-ahead logging (readers never block the writer) on top of
+    the 60 s lock wait every SQLite storage gets.
     """
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -48,6 +51,8 @@ def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFA
         }
     engine_kwargs = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
+        if concurrent and url.rstrip("/") in ("sqlite:", "sqlite:///:memory:"):
+            raise StorageError("an in-memory SQLite database cannot be shared by several workers: use a file or PostgreSQL")
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -55,7 +60,11 @@ def open_storage(url: str | None = None, *, heartbeat_seconds: int | None = DEFA
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            if concurrent and url.startswith("sqlite"):
+                with storage.engine.connect() as connection:
+                    connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return storage
         except Exception as error:  # sqlalchemy raises many types for bad URLs and dead servers
             reason = mask_url(first_line(error) or type(error).__name__)
             if attempt + 1 < _SCHEMA_RACE_RETRIES and any(sign in reason for sign in _SCHEMA_RACE_SIGNS):
