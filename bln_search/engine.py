@@ -18,12 +18,14 @@ from typing import Any
 
 import optuna
 
+from bln_search.baselines import BASELINES, BLN
 from bln_search.config import FLAG_NAMES, StatisticsConfig, all_configurations
 from bln_search.errors import BLNSearchError, SearchFailed, StorageError, UserCodeError, first_line
 from bln_search.interrupts import check as check_interrupt
 from bln_search.loading import Data, build_model, check_data_fits_model, takes_trial
 from bln_search.storage import open_storage
 from bln_search.strategies import (  # noqa: F401  (re-exported: the attribute names are part of the engine's API)
+    ATTR_BASELINE,
     ATTR_BATCH_SIZE,
     ATTR_BEST_EPOCH,
     ATTR_EPOCHS_TRAINED,
@@ -83,11 +85,21 @@ def config_of(trial: optuna.trial.FrozenTrial) -> StatisticsConfig | None:
 
 
 def unit_of(trial) -> Unit | None:
-    """The seed and batch size a trial trains with (stored when it is queued or started)."""
+    """The seed, batch size and model variant a trial trains with (stored when it is queued or started)."""
     attrs = trial.user_attrs
     if ATTR_SEED in attrs and ATTR_BATCH_SIZE in attrs:
-        return Unit(int(attrs[ATTR_SEED]), int(attrs[ATTR_BATCH_SIZE]))
+        return Unit(int(attrs[ATTR_SEED]), int(attrs[ATTR_BATCH_SIZE]), attrs.get(ATTR_BASELINE, BLN))
     return None
+
+
+def work_of(unit: Unit) -> list[StatisticsConfig | None]:
+    """What a unit's training evaluates: the 16 configurations, or `[None]` for a baseline."""
+    return [None] if unit.is_baseline else all_configurations()
+
+
+def _suggest_config(trial: optuna.Trial) -> StatisticsConfig:
+    """The trial's flags: queued ones for the grid, the sampler's otherwise (boolean params named like the flags)."""
+    return StatisticsConfig(*(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES))
 
 
 def _is_done(trial: optuna.trial.FrozenTrial) -> bool:
@@ -100,10 +112,10 @@ def grid_status(study: optuna.Study) -> tuple[set, set, int]:
     """(work done, work waiting or running, number running); work is a (configuration, unit) pair."""
     done, pending, running = set(), set(), 0
     for trial in study.get_trials(deepcopy=False):
-        config = config_of(trial)
-        if config is None:
+        config, unit = config_of(trial), unit_of(trial)
+        if config is None and (unit is None or not unit.is_baseline):
             continue
-        key = (config, unit_of(trial))
+        key = (config, unit)
         if _is_done(trial):
             done.add(key)
         elif trial.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING):
@@ -121,6 +133,10 @@ def _create_or_load_study(storage, study_name, settings, sampler, pruner, grid, 
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         _check_compatible(study, settings)
+        for key in ("seeds", "batch_sizes", "baselines"):  # a resume may add seeds, batch sizes or baselines
+            known = study.user_attrs.get(key)
+            if isinstance(known, list) and not set(extra_attrs.get(key, [])) <= set(known):
+                study.set_user_attr(key, sorted(set(known) | set(extra_attrs[key])))
         return study
     base = {
         "metric": settings.metric,
@@ -132,7 +148,7 @@ def _create_or_load_study(storage, study_name, settings, sampler, pruner, grid, 
         study.set_user_attr(key, value)
     if grid:
         for unit in units:
-            for config in all_configurations():
+            for config in work_of(unit):
                 _enqueue(study, config, unit)
         study.set_user_attr(_GRID_READY, True)
     return study
@@ -148,9 +164,13 @@ def _check_compatible(study: optuna.Study, settings: TrainingSettings) -> None:
         )
 
 
-def _enqueue(study: optuna.Study, config: StatisticsConfig, unit: Unit) -> None:
-    attrs = {ATTR_QUEUED: config.as_dict(), ATTR_SEED: unit.seed, ATTR_BATCH_SIZE: unit.batch_size}
-    study.enqueue_trial(config.as_dict(), user_attrs=attrs)
+def _enqueue(study: optuna.Study, config: StatisticsConfig | None, unit: Unit) -> None:
+    attrs = {ATTR_SEED: unit.seed, ATTR_BATCH_SIZE: unit.batch_size}
+    if unit.is_baseline:
+        attrs[ATTR_BASELINE] = unit.variant
+    else:
+        attrs[ATTR_QUEUED] = config.as_dict()
+    study.enqueue_trial(config.as_dict() if config else {}, user_attrs=attrs)
 
 
 def _wait_for_grid(study: optuna.Study, timeout: float = 60.0) -> None:
@@ -166,7 +186,7 @@ def _requeue_missing(study: optuna.Study, units: list[Unit]) -> None:
     """Queues every (configuration, unit) that is neither done, waiting nor running."""
     done, pending, _ = grid_status(study)
     for unit in units:
-        for config in all_configurations():
+        for config in work_of(unit):
             if (config, unit) not in done and (config, unit) not in pending:
                 _enqueue(study, config, unit)
 
@@ -226,6 +246,7 @@ def search(
     direction: str | None = None,
     seed: int = 0,
     seeds: int = 1,
+    baselines: bool | Sequence[str] = False,
     sampler: optuna.samplers.BaseSampler | None = None,
     n_trials: int | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
@@ -259,6 +280,10 @@ def search(
         strategy: `"shared"` trains once per seed and batch size and evaluates
             every configuration after each epoch; `"per-trial"` trains each
             trial; `"auto"` picks shared unless the factory takes a `trial`.
+        baselines: `True` for all of `bln_search.baselines.BASELINES` (the
+            model with every BLN layer replaced by BatchNormalization,
+            LayerNormalization, or nothing), or a list of their names; each is
+            trained under every seed and batch size, and ranked alongside.
         configs_per_training: Shared strategy: at most this many configurations
             per training, so that several workers can split one grid.
         observer: Progress events (`SearchObserver`).
@@ -274,9 +299,13 @@ def search(
     batch_sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
     if not batch_sizes or any(b < 1 for b in batch_sizes) or seeds < 1:
         raise BLNSearchError("batch sizes and the number of seeds must be at least 1")
-    units = [Unit(seed + i, b) for b in batch_sizes for i in range(seeds)]
+    variants = [BLN, *(BASELINES if baselines is True else (baselines or []))]
+    unknown = [v for v in variants[1:] if v not in BASELINES]
+    if unknown:
+        raise BLNSearchError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+    units = [Unit(seed + i, b, v) for b in batch_sizes for i in range(seeds) for v in variants]
     if not grid and len(units) > 1:
-        raise BLNSearchError("several seeds or batch sizes need the grid sampler (every configuration per seed and batch size)")
+        raise BLNSearchError("several seeds, batch sizes or baselines need the grid sampler (every configuration per seed and batch size)")
     strategy = choose_strategy(strategy, model_factory)
     settings = TrainingSettings(epochs, metric, direction or infer_direction(metric))
     if not isinstance(storage, optuna.storages.BaseStorage):
@@ -294,7 +323,14 @@ def search(
             pruner or optuna.pruners.NopPruner(),
             grid,
             units,
-            {"sampler": "grid" if grid else type(sampler).__name__, "strategy": strategy, **(study_attrs or {})},
+            {
+                "sampler": "grid" if grid else type(sampler).__name__,
+                "strategy": strategy,
+                "seeds": sorted({u.seed for u in units}),
+                "batch_sizes": batch_sizes,
+                "baselines": variants[1:],
+                **(study_attrs or {}),
+            },
         )
         if grid:
             _wait_for_grid(study)
@@ -358,7 +394,7 @@ class _Run:
     def __init__(self, study, storage, grid, n_trials, units, outcomes: _Outcomes):
         self.study, self.grid, self.n_trials, self.units, self.outcomes = study, grid, n_trials, units, outcomes
         self.poll = min(5.0, max(0.5, getattr(storage, "heartbeat_interval", None) or 5.0))
-        planned = len(all_configurations()) * len(units) if grid else n_trials
+        planned = sum(len(work_of(u)) for u in units) if grid else n_trials
         outcomes.on_search_start(study, planned)
 
     def _wait_for_others(self) -> bool:
@@ -379,7 +415,7 @@ class _Run:
 
         def objective(trial: optuna.Trial) -> float:
             unit = unit_of(trial)
-            if grid and (unit is None or ATTR_QUEUED not in trial.user_attrs):
+            if grid and unit is None:
                 # Another worker took the last queued configuration between our check and ask.
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
                 raise _NoWorkLeft("no queued configuration left")
@@ -389,10 +425,10 @@ class _Run:
                 trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
             trial.set_user_attr(ATTR_STRATEGY, strategy.name)
             trial.set_user_attr(ATTR_WORKER, WORKER)
-            config = StatisticsConfig(*(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES))
+            config = None if unit.is_baseline else _suggest_config(trial)
             if grid and (config, unit) in grid_status(study)[0]:
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
-                raise TrialFailed(f"configuration {config.label} was already evaluated")
+                raise TrialFailed(f"{config.label if config else unit.variant} was already evaluated")
             self.outcomes.on_trial_start(trial.number, config)
             try:
                 return strategy.run_trial(trial, config, unit, self.outcomes)
@@ -474,7 +510,7 @@ class _Run:
             trial = study.ask()
             self._beat(trial)
             unit = unit_of(trial)
-            if self.grid and (unit is None or ATTR_QUEUED not in trial.user_attrs):
+            if self.grid and unit is None:
                 # Another worker emptied the queue between our look and our ask.
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -483,7 +519,7 @@ class _Run:
                 unit = self.units[0]
                 trial.set_user_attr(ATTR_SEED, unit.seed)
                 trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
-            config = StatisticsConfig(*(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES))
+            config = None if unit.is_baseline else _suggest_config(trial)
             if (config, unit) in done:
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)

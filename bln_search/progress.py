@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 
+from bln_search.baselines import BASELINES
 from bln_search.config import StatisticsConfig
 from bln_search.engine import SearchObserver, Unit
 
@@ -56,13 +57,14 @@ class LiveProgress(SearchObserver):
         self.task = self.progress.add_task("search", total=planned, completed=self._refresh(), status=self._status())
 
     def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
-        self.current = f"shared training (seed {unit.seed}, batch size {unit.batch_size}): [cyan]{len(configs)} configurations[/]"
+        what = f"{BASELINES[unit.variant]} baseline" if unit.is_baseline else f"{len(configs)} configurations"
+        self.current = f"shared training (seed {unit.seed}, batch size {unit.batch_size}): [cyan]{what}[/]"
         self.shared_epoch = 0
         self.progress.update(self.task, status=self._status("starting"))
 
     def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
         if self.shared_epoch is None:
-            self.current = f"#{number} [cyan]{config.label}[/]"
+            self.current = f"#{number} [cyan]{config.label if config else 'baseline'}[/]"
             self.progress.update(self.task, status=self._status("starting"))
 
     def on_epoch_end(self, number: int, epoch: int, epochs: int, value: float) -> None:
@@ -91,8 +93,9 @@ class LogProgress(SearchObserver):
         return None
 
     def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
+        what = f"{BASELINES[unit.variant]} baseline" if unit.is_baseline else f"{len(configs)} configurations evaluated after every epoch"
         self.console.print(
-            f"shared training (seed {unit.seed}, batch size {unit.batch_size}): {len(configs)} configurations evaluated after every epoch",
+            f"shared training (seed {unit.seed}, batch size {unit.batch_size}): {what}",
             highlight=False,
             markup=False,
         )
@@ -104,5 +107,5 @@ class LogProgress(SearchObserver):
         config = self.configs.get(trial.number)
         value = "" if trial.value is None else f" {self.metric}={trial.value:.4f}"
         reason = trial.user_attrs.get("fail_message", "")
-        label = config.label if config else "-"
+        label = config.label if config else BASELINES.get(trial.user_attrs.get("baseline"), "-")
         self.console.print(f"trial {trial.number} [{label}] {trial.state.name.lower()}{value} {reason}".rstrip(), highlight=False, markup=False)

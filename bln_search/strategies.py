@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 
+from bln_search.baselines import BLN, replace_bln
 from bln_search.config import StatisticsConfig
 from bln_search.errors import BLNSearchError, UserCodeError, first_line
 from bln_search.interrupts import check as check_interrupt
@@ -44,16 +45,26 @@ ATTR_BATCH_SIZE = "batch_size"
 ATTR_STRATEGY = "strategy"
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial
 ATTR_TRAINING = "training"  # the shared training a trial was evaluated in
+ATTR_BASELINE = "baseline"  # set on baseline trials: which normalization replaced BLN
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
 class Unit:
-    """What one training depends on besides the model: its seed and batch size."""
+    """One training's inputs besides the factory: seed, batch size, and which model.
+
+    `variant` is `"bln"` for the user's model, or a baseline name
+    (`bln_search.baselines.BASELINES`) for a copy with its BLN layers replaced.
+    """
 
     seed: int
     batch_size: int
+    variant: str = BLN
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.variant != BLN
 
 
 @dataclass(frozen=True)
@@ -76,13 +87,14 @@ class SearchObserver:
 
     def on_search_start(self, study: optuna.Study, planned: int | None) -> None: ...
 
-    def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
-        """A shared training starts, evaluating `configs` after every epoch."""
+    def on_training_start(self, unit: Unit, configs: list[StatisticsConfig | None]) -> None:
+        """A shared training starts, evaluating `configs` after every epoch (`[None]` for a baseline)."""
 
     def on_training_end(self, unit: Unit, epochs: int) -> None:
         """A shared training ended after `epochs` epochs (fewer when every configuration was pruned)."""
 
-    def on_trial_start(self, number: int, config: StatisticsConfig) -> None: ...
+    def on_trial_start(self, number: int, config: StatisticsConfig | None) -> None:
+        """A trial starts; `config` is None for a baseline."""
 
     def on_epoch_end(self, number: int, epoch: int, epochs: int, value: float) -> None: ...
 
@@ -148,7 +160,7 @@ class PerTrialStrategy:
         self.data = data
         self.settings = settings
 
-    def run_trial(self, trial: optuna.Trial, config: StatisticsConfig, unit: Unit, observer: SearchObserver) -> float:
+    def run_trial(self, trial: optuna.Trial, config: StatisticsConfig | None, unit: Unit, observer: SearchObserver) -> float:
         import keras
         from optuna_integration import KerasPruningCallback
 
@@ -166,7 +178,10 @@ class PerTrialStrategy:
         keras.backend.clear_session(free_memory=False)
         keras.utils.set_random_seed(unit.seed)
         model = build_model(self.model_factory, trial)
-        configure(model, config)
+        if unit.is_baseline:
+            model = replace_bln(model, unit.variant)
+        else:
+            configure(model, config)
         callbacks = [ResetPopulationStatistics(), Recorder(), KerasPruningCallback(trial, settings.metric), interrupt_checker()]
         start = time.perf_counter()
         try:
@@ -181,7 +196,7 @@ class Job:
     """One configuration's trial inside a shared training."""
 
     trial: optuna.Trial
-    config: StatisticsConfig
+    config: StatisticsConfig | None  # None for a baseline
     curve: Curve
     live: bool = True
 
@@ -251,7 +266,8 @@ class SharedStrategy:
         self._ready = None
         keras.backend.clear_session(free_memory=False)
         keras.utils.set_random_seed(unit.seed)
-        return build_model(self.model_factory)
+        model = build_model(self.model_factory)
+        return replace_bln(model, unit.variant) if unit.is_baseline else model
 
     def run_unit(self, study: optuna.Study, unit: Unit, jobs: list[Job], observer: SearchObserver) -> None:
         """Trains once and tells every job's trial its outcome; re-raises interrupts and user errors."""
@@ -291,7 +307,8 @@ class SharedStrategy:
             for job in live:
                 check_interrupt()
                 if evaluated:
-                    configure(model, job.config)
+                    if job.config is not None:
+                        configure(model, job.config)
                     results = model.evaluate(validation, verbose=0, return_dict=True)
                     if metric not in results:
                         available = ", ".join(f"val_{name}" for name in sorted(results))
