@@ -188,18 +188,23 @@ def _resolve_study_name(storage, study: str | None) -> str:
 
 
 def _print_leaderboard(study, fmt: Format, console=None) -> None:
+    """One table per batch size for people; one frame (with a batch_size column) for machines."""
     from bln_search.render import rich_table, to_text
     from bln_search.results import leaderboard, study_metric
 
     frame = leaderboard(study)
-    if fmt is Format.table:
-        from rich.console import Console
-
-        metric, direction = study_metric(study)
-        title = f"{study.study_name}: {len(frame)} configurations by {metric} ({direction})"
-        (console or Console()).print(rich_table(frame, title=title))
-    else:
+    if fmt is not Format.table:
         sys.stdout.write(to_text(frame, fmt.value))
+        return
+    from rich.console import Console
+
+    console = console or Console()
+    metric, direction = study_metric(study)
+    groups = list(frame.groupby("batch_size", sort=True)) if not frame.empty else [(None, frame)]
+    for batch_size, group in groups:
+        size = f", batch size {batch_size}" if batch_size is not None else ""
+        title = f"{study.study_name}{size}: {len(group)} candidates by {metric} ({direction})"
+        console.print(rich_table(group, title=title))
 
 
 @app.command()
@@ -216,6 +221,10 @@ def run(
     pruner: Annotated[Pruner, typer.Option(help="Stops unpromising trials early, fed each epoch's metric. auto: median for per-trial, none for shared (where pruning saves only evaluations).")] = Pruner.auto,
     strategy: Annotated[Strategy, typer.Option(help="shared: one training, every configuration evaluated after each epoch; per-trial: one training per trial; auto: shared unless the factory takes a `trial`.")] = Strategy.auto,
     seed: Annotated[int, typer.Option(help="Seeds every trial's weights and data order alike.")] = 0,
+    seeds: Annotated[int, typer.Option(min=1, help="Evaluate every configuration under this many seeds (--seed, --seed+1, ...): the leaderboard shows mean ± std and which configurations tie with the winner.")] = 1,
+    batch_sizes: Annotated[Optional[str], typer.Option(help="Comma-separated batch sizes, e.g. 1,8,32: the search runs per batch size, with one leaderboard and one exported winner each. Overrides --batch-size.")] = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also train the model with every BLN layer replaced by BatchNormalization, LayerNormalization and no normalization, ranked alongside.")] = False,
+    test: Annotated[Optional[str], typer.Option(help="Test data, reported for the chosen configurations only, never used to choose: MODULE:FUNCTION or FILE.npz (x_test, y_test), or a function name in the model's module, e.g. load_test.")] = None,
     storage: StorageOption = None,
     study: Annotated[Optional[str], typer.Option(help="Study name. Default: derived from --model; an existing study is resumed.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Local worker processes on this study, this one included. Workers on other machines just run the same command with the same --storage and --study.")] = 1,
@@ -242,6 +251,8 @@ def run(
     console = _stderr()
     factory = resolve_callable(model)
     data_ = load_data(data, model)
+    sizes = parse_batch_sizes(batch_sizes) if batch_sizes else [batch_size]
+    test_data = load_test_data(test, model) if test else None
     direction_ = infer_direction(metric) if direction is Direction.auto else direction.value
     strategy_ = choose_strategy(strategy.value, factory)
     pruner_ = pruner.value if pruner is not Pruner.auto else ("none" if strategy_ == "shared" else "median")
@@ -252,15 +263,16 @@ def run(
     if workers > 1:
         from bln_search.workers import WorkerPool
 
-        units = 1
+        units = seeds * len(sizes) * (4 if baselines else 1)
         if configs_per_training is None and strategy_ == "shared" and units < workers:
             configs_per_training = -(-16 * units // workers)  # an even share of the grid per worker
         arguments = [
-            "--model", model, "--epochs", str(epochs), "--batch-size", str(batch_size), "--metric", metric,
+            "--model", model, "--epochs", str(epochs), "--batch-sizes", ",".join(map(str, sizes)), "--seeds", str(seeds), "--metric", metric,
             "--direction", direction_, "--sampler", sampler.value, "--pruner", pruner_, "--strategy", strategy_,
             "--seed", str(seed), "--study", study_name, "--heartbeat", str(heartbeat), "--quiet",
         ]
         arguments += ["--data", data] if data else []
+        arguments += ["--baselines"] if baselines else []
         arguments += ["--trials", str(trials)] if trials else []
         arguments += ["--configs-per-training", str(configs_per_training)] if configs_per_training else []
         pool = WorkerPool(arguments, store.url, workers - 1)
@@ -273,10 +285,12 @@ def run(
                 study_name=study_name,
                 storage=store,
                 epochs=epochs,
-                batch_size=batch_size,
+                batch_size=sizes,
                 metric=metric,
                 direction=direction_,
                 seed=seed,
+                seeds=seeds,
+                baselines=baselines,
                 sampler=make_sampler(sampler.value, seed),
                 n_trials=trials,
                 pruner=make_pruner(pruner_, epochs),
@@ -299,7 +313,10 @@ def run(
                 interrupted = SearchInterrupted("interrupted: finished trials are stored; run the same command again to resume")
     from bln_search.storage import load_existing_study
 
-    _print_leaderboard(load_existing_study(store, study_name), Format.table, console)
+    finished = load_existing_study(store, study_name)
+    if interrupted is None and test_data is not None:
+        _report_test(factory, data_, test_data, finished, console)
+    _print_leaderboard(finished, Format.table, console)
     if interrupted is not None:
         raise interrupted
     failed = [e for e in exits if e.returncode != 0]
@@ -307,6 +324,51 @@ def run(
         first = failed[0]
         raise BLNSearchError(f"worker {first.number} exited with code {first.returncode}: {first.last_line or 'no message'}")
     console.print(f"stored in study [bold]{study_name}[/]; export the best with: bln-search export --study {study_name} -o best.json", highlight=False)
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """`"1,8,32"` -> `[1, 8, 32]`, with a clear error for anything else."""
+    from bln_search.errors import BLNSearchError
+
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 1 for size in sizes):
+        raise BLNSearchError(f"--batch-sizes must be positive integers separated by commas, e.g. 1,8,32; got {text!r}")
+    return list(dict.fromkeys(sizes))
+
+
+def load_test_data(spec: str, model_spec: str):
+    """Test `(x, y)` from `module:fn`, an .npz with x_test and y_test, or a function of the model's module."""
+    import numpy as np
+
+    from bln_search.errors import DataError
+    from bln_search.loading import _as_pair, call_user, module_of, resolve_callable, split_spec
+
+    if spec.endswith(".npz"):
+        try:
+            with np.load(spec, allow_pickle=False) as archive:
+                return _as_pair((archive["x_test"], archive["y_test"]), "test")
+        except (OSError, KeyError, ValueError) as error:
+            raise DataError(f"cannot read x_test and y_test from {spec}: {error}") from None
+    if ":" in spec:
+        return _as_pair(call_user(resolve_callable(spec), f"test data function {spec}"), "test")
+    loader = getattr(module_of(model_spec), spec, None)
+    if not callable(loader):
+        raise DataError(f"{split_spec(model_spec)[0]} defines no function {spec}() for --test")
+    return _as_pair(call_user(loader, f"{spec}()"), "test")
+
+
+def _report_test(factory, data, test_data, study, console) -> None:
+    from bln_search.holdout import evaluate_winners
+
+    for batch_size, result in evaluate_winners(factory, data, test_data, study).items():
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
+        console.print(
+            f"test (batch size {batch_size}, winner [cyan]{result['label']}[/], retrained as in the search; not used for selection): {shown}",
+            highlight=False,
+        )
 
 
 class _StartWorkers:
@@ -390,6 +452,27 @@ def export(
     else:
         output.write_text(text, encoding="utf-8")
         _stderr().print(f"wrote {output}: {document['config']} ({document['metric']['name']} {document['metric']['value']:.4f})", highlight=False)
+
+
+@app.command()
+@handles_errors
+def report(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML page to write (self-contained, works offline).")] = Path("report.html"),
+    study: Annotated[Optional[str], typer.Option(help="Study name (optional when the storage holds one study).")] = None,
+    storage: StorageOption = None,
+    png: Annotated[bool, typer.Option("--png", help="Also write the figures as PNG files next to the page, for the terminal crowd.")] = False,
+):
+    """Validation curves, the flags' importance and the per-batch-size winners, as HTML (and PNG)."""
+    _quiet_libraries()
+    from bln_search.report import write_html, write_pngs
+    from bln_search.storage import load_existing_study, open_storage
+
+    store = open_storage(storage, heartbeat_seconds=None)
+    found = load_existing_study(store, _resolve_study_name(store, study))
+    written = [write_html(found, output)]
+    if png:
+        written += write_pngs(found, output)
+    _stderr().print("wrote " + ", ".join(str(path) for path in written), highlight=False)
 
 
 @app.command()

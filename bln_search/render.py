@@ -32,36 +32,62 @@ def _cell(value, column) -> str:
     return str(value)
 
 
-_HEADERS = {"best_epoch": "best ep.", "epochs": "epochs", "duration_s": "time (s)"}
+_HEADERS = {"best_epoch": "best ep.", "epochs": "epochs", "duration_s": "time (s)", "vs_winner": "vs winner", "p_value": "p"}
+_VERDICT_STYLE = {"winner": "bold green", "tie": "yellow", "worse": "dim", "better": "magenta", "n/a": "dim"}
+_HIDDEN = {*FLAG_NAMES, "model", "batch_size"}
 
 
 def rich_table(frame: pd.DataFrame, title: str | None = None):
-    """A compact rich Table: the four flags shown as one `statistics` column.
+    """A compact rich Table of one batch size's leaderboard.
 
-    `BM BV FM FV` name the statistics taken from the population (batch mean,
-    batch variance, feature mean, feature variance); `--` means the current batch.
+    The four flags show as one `statistics` column: `BM BV FM FV` name the
+    statistics taken from the population (batch mean, batch variance, feature
+    mean, feature variance), `--` the current batch; baselines show their
+    normalization there instead. With several seeds the metric reads
+    `mean ± std`.
     """
     from rich.table import Table
 
     from bln_search.config import StatisticsConfig
 
-    table = Table(title=title, title_justify="left", caption="BM/BV/FM/FV: population batch mean/var, feature mean/var; --: current batch", caption_justify="left")
-    others = [c for c in frame.columns if c not in FLAG_NAMES]
-    for column in others:
-        table.add_column(_HEADERS.get(column, column), justify="left" if column == "state" else "right", no_wrap=True)
-        if column == "trial":
+    caption = "BM/BV/FM/FV: population batch mean/var, feature mean/var; --: current batch"
+    if "vs_winner" in frame.columns and frame["vs_winner"].isin(["tie", "worse", "better"]).any():
+        caption += "; vs winner: Welch's t-test over seeds at 5%"
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    std_columns = {c for c in frame.columns if c.endswith("_std")}
+    several_seeds = "seeds" in frame.columns and (frame["seeds"] > 1).any()
+    shown = [c for c in frame.columns if c not in _HIDDEN and c not in std_columns]
+    if not several_seeds:
+        shown = [c for c in shown if c not in ("seeds", "vs_winner", "p_value")]
+    else:  # room for mean ± std and the verdict; the rest is in --format csv/json
+        shown = [c for c in shown if c not in ("epochs", "trial", "duration_s")]
+    for column in shown:
+        table.add_column(_HEADERS.get(column, column), justify="left" if column in ("state", "vs_winner") else "right", no_wrap=True)
+        if column == "rank":
             table.add_column("statistics", justify="center", no_wrap=True)
     for _, row in frame.iterrows():
-        label = StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES)).label if set(FLAG_NAMES) <= set(frame.columns) else ""
+        model = row.get("model", "BLN")
+        if model != "BLN" and pd.notna(model):
+            label = f"[magenta]{model}[/]"
+        elif set(FLAG_NAMES) <= set(frame.columns):
+            label = f"[cyan]{StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES)).label}[/]"
+        else:
+            label = ""
         cells = []
-        for column in others:
+        for column in shown:
+            value = row[column]
             if column == "state":
-                state = str(row[column])
-                cells.append(f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]")
+                cells.append(f"[{_STATE_STYLE.get(str(value), 'white')}]{value}[/]")
+            elif column == "vs_winner":
+                cells.append(f"[{_VERDICT_STYLE.get(str(value), 'white')}]{value}[/]" if value else "")
+            elif f"{column}_std" in frame.columns and several_seeds and pd.notna(row[f"{column}_std"]):
+                cells.append(f"{_cell(value, column)} ± {_cell(row[f'{column}_std'], column)}")
+            elif column == "p_value":
+                cells.append("" if pd.isna(value) else f"{value:.2f}")
             else:
-                cells.append(_cell(row[column], column))
-            if column == "trial":
-                cells.append(f"[cyan]{label}[/]")
+                cells.append(_cell(value, column))
+            if column == "rank":
+                cells.append(label)
         rank = row.get("rank")
         table.add_row(*cells, style="bold" if pd.notna(rank) and rank == 1 else None)
     return table

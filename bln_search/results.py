@@ -1,4 +1,11 @@
-"""Leaderboards and exports built from an Optuna study's trials (pandas, no TensorFlow)."""
+"""Leaderboards and exports built from an Optuna study's trials (pandas, no TensorFlow).
+
+A study may hold every configuration under several seeds, batch sizes and
+baselines. The leaderboard has one row per (batch size, candidate), where a
+candidate is a statistics configuration or a baseline; seeds are aggregated
+into mean ± std, and each row says whether it is distinguishable from the
+winner (`bln_search.stats`).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,14 @@ import math
 import optuna
 import pandas as pd
 
+from bln_search.baselines import BASELINES
 from bln_search.config import FLAG_NAMES, config_document
+from bln_search.engine import ATTR_BEST_EPOCH, ATTR_EPOCHS_TRAINED, ATTR_FAIL_REASON, ATTR_HISTORY, config_of, unit_of
 from bln_search.errors import SearchFailed
-from bln_search.engine import ATTR_BEST_EPOCH, ATTR_EPOCHS_TRAINED, ATTR_FAIL_REASON, ATTR_HISTORY, config_of
+from bln_search.stats import ALPHA, mark_ties
 
-_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3}
+_STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "fail": 3}
+BLN_MODEL = "BLN"
 
 
 def study_metric(study: optuna.Study) -> tuple[str, str]:
@@ -25,70 +35,174 @@ def _best_of(history, direction):
     return min(history) if direction == "minimize" else max(history)
 
 
-def leaderboard(study: optuna.Study) -> pd.DataFrame:
-    """One row per configuration, best first.
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per run of a candidate under one seed and batch size.
 
-    Complete trials rank by their value (the best epoch's metric), then pruned
-    ones by the best epoch they reached; failed ones come last. Where a
-    configuration ran more than once (a retried or interrupted trial), its best
-    run is shown.
+    Where one ran more than once (a retried or interrupted trial) its best run
+    is kept. `value` is the best epoch's metric: the trial's value if it
+    completed, the best epoch it reached if it was pruned, NaN if it failed.
     """
     metric, direction = study_metric(study)
-    columns = ["rank", "trial", *FLAG_NAMES, metric, "best_epoch", "epochs", "state", "duration_s"]
     frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "user_attrs"))
+    columns = ["trial", "state", "value", "model", "config", "seed", "batch_size", "best_epoch", "epochs", "duration_s", "history"]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    frame["state"] = frame["state"].str.lower()
     frame = frame[frame["state"].isin(list(_STATE_ORDER))].copy()
-    frame["config"] = frame["number"].map(lambda n: config_of(trials[n]))
     reason = frame.get(f"user_attrs_{ATTR_FAIL_REASON}")
     if reason is not None:
         frame = frame[reason.ne("duplicate") | reason.isna()]
-    frame = frame[frame["config"].notna()]
+    units = frame["number"].map(lambda n: unit_of(trials[n]))
+    frame["config"] = frame["number"].map(lambda n: config_of(trials[n]))
+    frame["model"] = [BASELINES[u.variant] if u is not None and u.is_baseline else BLN_MODEL for u in units]
+    frame = frame[frame["config"].notna() | frame["model"].ne(BLN_MODEL)].copy()
     if frame.empty:
         return pd.DataFrame(columns=columns)
+    units = frame["number"].map(lambda n: unit_of(trials[n]))
+    frame["seed"] = [u.seed if u else study.user_attrs.get("seed", 0) for u in units]
+    frame["batch_size"] = [u.batch_size if u else study.user_attrs.get("batch_size") for u in units]
     history = frame.get(f"user_attrs_{ATTR_HISTORY}", pd.Series([None] * len(frame), index=frame.index))
-    frame[metric] = [
-        value if state == "COMPLETE" else (_best_of(h, direction) if state != "FAIL" else math.nan)
+    frame["history"] = history
+    frame["value"] = [
+        value if state == "complete" else (_best_of(h, direction) if state != "fail" else math.nan)
         for value, state, h in zip(frame["value"], frame["state"], history)
     ]
-    for flag in FLAG_NAMES:
-        frame[flag] = frame["config"].map(lambda c, f=flag: getattr(c, f))
     frame["trial"] = frame["number"]
     frame["best_epoch"] = frame.get(f"user_attrs_{ATTR_BEST_EPOCH}", math.nan)
     frame["epochs"] = frame.get(f"user_attrs_{ATTR_EPOCHS_TRAINED}", math.nan)
-    frame["duration_s"] = frame["duration"].dt.total_seconds().round(2)
+    frame["duration_s"] = frame["duration"].dt.total_seconds()
     frame["_order"] = frame["state"].map(_STATE_ORDER)
-    frame = frame.sort_values(["_order", metric], ascending=[True, direction == "minimize"], na_position="last")
-    frame = frame.drop_duplicates("config", keep="first")
-    frame["state"] = frame["state"].str.lower()
-    ranked = frame["state"].isin(["complete", "pruned"])
-    frame["rank"] = pd.array([pd.NA] * len(frame), dtype="Int64")
-    frame.loc[ranked, "rank"] = range(1, int(ranked.sum()) + 1)
+    frame["_candidate"] = [c.label if c is not None else m for c, m in zip(frame["config"], frame["model"])]
+    frame = frame.sort_values(["_order", "value"], ascending=[True, direction == "minimize"], na_position="last")
+    frame = frame.drop_duplicates(["_candidate", "seed", "batch_size"], keep="first")
+    return frame[columns + ["_candidate", "_order"]].reset_index(drop=True)
+
+
+def leaderboard(study: optuna.Study, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per (batch size, configuration or baseline), best first within each batch size.
+
+    `<metric>` is the mean over seeds of each run's best epoch (complete runs;
+    pruned candidates by the epochs they reached), `<metric>_std` the standard
+    deviation across seeds. `vs_winner` compares each row with the winner, the
+    best BLN configuration, by Welch's t-test over seeds at `alpha`: `tie`
+    (indistinguishable), `worse`, `better` (a baseline that beats BLN), or
+    `n/a` with a single seed. Ranks: complete, then pruned, then running;
+    failed rows come last, unranked.
+    """
+    metric, direction = study_metric(study)
+    minimize = direction == "minimize"
+    columns = [
+        "rank", "batch_size", "model", *FLAG_NAMES, metric, f"{metric}_std", "seeds", "vs_winner", "p_value",
+        "best_epoch", "epochs", "state", "trial", "duration_s",
+    ]
+    runs = trials_frame(study)
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (batch_size, candidate), group in runs.groupby(["batch_size", "_candidate"], sort=False):
+        state_order = group["_order"].min()
+        usable = group[group["_order"] == state_order]
+        values = [v for v in usable["value"] if not (isinstance(v, float) and math.isnan(v))]
+        best_run = usable.iloc[0]  # runs are sorted best first
+        config = best_run["config"]
+        rows.append(
+            {
+                "batch_size": int(batch_size),
+                "model": best_run["model"],
+                **{flag: (getattr(config, flag) if config is not None else pd.NA) for flag in FLAG_NAMES},
+                metric: sum(values) / len(values) if values else math.nan,
+                f"{metric}_std": pd.Series(values, dtype=float).std(ddof=1) if len(values) > 1 else math.nan,
+                "seeds": len(values),
+                "best_epoch": best_run["best_epoch"],
+                "epochs": group["epochs"].max(),
+                "state": next(s for s, o in _STATE_ORDER.items() if o == state_order),
+                "trial": int(best_run["trial"]),
+                "duration_s": round(float(group["duration_s"].sum()), 2),
+                "_order": state_order,
+                "_values": values,
+                "_candidate": candidate,
+            }
+        )
+    board = pd.DataFrame(rows)
+    board = board.sort_values(["batch_size", "_order", metric], ascending=[True, True, minimize], na_position="last")
+    board["rank"] = pd.array([pd.NA] * len(board), dtype="Int64")
+    board["vs_winner"] = ""
+    board["p_value"] = math.nan
+    for batch_size, group in board.groupby("batch_size", sort=False):
+        ranked = group[group["state"].isin(["complete", "pruned"])]
+        board.loc[ranked.index, "rank"] = range(1, len(ranked) + 1)
+        complete_bln = group[(group["state"] == "complete") & (group["model"] == BLN_MODEL)]
+        if complete_bln.empty:
+            continue
+        winner = complete_bln.index[0]
+        samples = {i: board.at[i, "_values"] for i in group[group["state"] == "complete"].index}
+        for index, (p, verdict) in mark_ties(samples, winner, alpha).items():
+            if verdict == "worse":
+                better = board.at[index, metric] < board.at[winner, metric] if minimize else board.at[index, metric] > board.at[winner, metric]
+                verdict = "better" if better else "worse"
+            board.at[index, "vs_winner"] = verdict
+            board.at[index, "p_value"] = p
     for column in ("best_epoch", "epochs"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
-    return frame[columns].reset_index(drop=True)
+        board[column] = pd.to_numeric(board[column], errors="coerce").astype("Int64")
+    return board[columns].reset_index(drop=True)
+
+
+def batch_sizes(study: optuna.Study) -> list[int]:
+    runs = trials_frame(study)
+    return sorted(int(b) for b in runs["batch_size"].dropna().unique())
+
+
+def winners(study: optuna.Study) -> dict[int, pd.Series]:
+    """{batch size: the leaderboard row of the best complete BLN configuration}."""
+    board = leaderboard(study)
+    found = {}
+    for batch_size, group in board.groupby("batch_size"):
+        best = group[(group["state"] == "complete") & (group["model"] == BLN_MODEL)]
+        if not best.empty:
+            found[int(batch_size)] = best.iloc[0]
+    return found
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The best complete trial (pruned trials did not finish, so they cannot win)."""
-    try:
-        return study.best_trial
-    except ValueError:
-        raise SearchFailed(f"study {study.study_name!r} has no complete trial yet") from None
+    """The trial of the best complete BLN configuration (by mean over seeds) at the first batch size."""
+    found = winners(study)
+    if not found:
+        raise SearchFailed(f"study {study.study_name!r} has no complete trial yet")
+    return study.trials[int(found[min(found)]["trial"])]
 
 
 def export_document(study: optuna.Study) -> dict:
-    """The versioned JSON document of the study's best configuration."""
-    trial = best_trial(study)
+    """The versioned JSON document of the study's best configuration, per batch size too.
+
+    `config` is the winner at the smallest batch size searched (the only one,
+    usually); `by_batch_size` holds every batch size's winner with its mean,
+    standard deviation and number of seeds.
+    """
+    found = winners(study)
+    if not found:
+        raise SearchFailed(f"study {study.study_name!r} has no complete trial yet")
     metric, direction = study_metric(study)
-    training = {key: study.user_attrs[key] for key in ("epochs", "batch_size", "seed", "model") if key in study.user_attrs}
+    training = {key: study.user_attrs[key] for key in ("epochs", "batch_size", "seed", "seeds", "model") if key in study.user_attrs}
+    first = found[min(found)]
+    trial = study.trials[int(first["trial"])]
+
+    def entry(row):
+        return {
+            "config": {flag: bool(row[flag]) for flag in FLAG_NAMES},
+            "value": float(row[metric]),
+            "std": None if pd.isna(row[f"{metric}_std"]) else float(row[f"{metric}_std"]),
+            "seeds": int(row["seeds"]),
+            "trial": int(row["trial"]),
+        }
+
+    training["batch_size"] = min(found)
     return config_document(
         config_of(trial),
         metric=metric,
-        value=trial.value,
+        value=float(first[metric]),
         direction=direction,
         study=study.study_name,
         trial=trial.number,
-        extra={"training": training},
+        extra={"training": training, "by_batch_size": {str(b): entry(row) for b, row in sorted(found.items())}},
     )

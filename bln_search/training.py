@@ -37,15 +37,23 @@ def train(
     check_data_fits_model(data, model)
     configure(model, config)
     try:
-        model.fit(**data.fit_kwargs(batch_size), epochs=epochs, verbose=0, callbacks=[ResetPopulationStatistics()])
-        validation = data.validation
-        if isinstance(validation, tuple):
-            metrics = model.evaluate(*validation, batch_size=batch_size, verbose=0, return_dict=True)
-        else:
-            metrics = model.evaluate(validation, verbose=0, return_dict=True)
+        model.fit(**data.fit_kwargs(batch_size, validation=False), epochs=epochs, verbose=0, callbacks=[ResetPopulationStatistics()])
     except Exception as error:
         message = first_line(error)
         raise UserCodeError(f"training failed: {type(error).__name__}: {message}") from error
+    metrics = evaluate(model, data.validation, batch_size, prefix="val_")
     if output is not None:
         model.save(output)
-    return model, {f"val_{k}": float(v) for k, v in metrics.items()}
+    return model, metrics
+
+
+def evaluate(model, data, batch_size: int, prefix: str) -> dict[str, float]:
+    """`model.evaluate` on `(x, y)` arrays (batched like training) or a dataset, names prefixed."""
+    try:
+        if isinstance(data, tuple):
+            metrics = model.evaluate(*data, batch_size=batch_size, verbose=0, return_dict=True)
+        else:
+            metrics = model.evaluate(data, verbose=0, return_dict=True)
+    except Exception as error:
+        raise UserCodeError(f"evaluation failed: {type(error).__name__}: {first_line(error)}") from error
+    return {f"{prefix}{name}": float(value) for name, value in metrics.items()}
