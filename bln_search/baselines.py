@@ -15,6 +15,9 @@ BASELINES = {
 }
 """Baseline name (stored on trials) -> how tables show it."""
 
+SHORT_NAMES = {"batch_norm": "BN", "layer_norm": "LN", "no_norm": "no norm"}
+"""For the one-line progress display."""
+
 BLN = "bln"
 
 

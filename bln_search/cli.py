@@ -70,10 +70,18 @@ StorageOption = Annotated[
 ]
 
 
-def _stderr():
+def _console(stderr: bool = False):
+    """A rich Console; 120 columns instead of rich's 80 when writing to a file or pipe (logs, CI)."""
     from rich.console import Console
 
-    return Console(stderr=True)
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=120)
+    return console
+
+
+def _stderr():
+    return _console(stderr=True)
 
 
 def _import_tensorflow_quietly() -> None:
@@ -196,9 +204,7 @@ def _print_leaderboard(study, fmt: Format, console=None) -> None:
     if fmt is not Format.table:
         sys.stdout.write(to_text(frame, fmt.value))
         return
-    from rich.console import Console
-
-    console = console or Console()
+    console = console or _console()
     metric, direction = study_metric(study)
     groups = list(frame.groupby("batch_size", sort=True)) if not frame.empty else [(None, frame)]
     for batch_size, group in groups:
@@ -415,7 +421,6 @@ def leaderboard(
 def studies(storage: StorageOption = None):
     """List the studies in a storage."""
     _quiet_libraries()
-    from rich.console import Console
     from rich.table import Table
 
     from bln_search.storage import list_studies, open_storage
@@ -427,7 +432,7 @@ def studies(storage: StorageOption = None):
     for summary in sorted(summaries, key=lambda s: s.study_name):
         started = summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "–"
         table.add_row(summary.study_name, str(summary.n_trials), summary.direction.name.lower(), str(summary.user_attrs.get("metric", "–")), started)
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()

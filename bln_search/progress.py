@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from bln_search.baselines import BASELINES
+from bln_search.baselines import BASELINES, SHORT_NAMES
 from bln_search.config import StatisticsConfig
 from bln_search.engine import SearchObserver, Unit
 
@@ -18,7 +18,7 @@ class LiveProgress(SearchObserver):
         self.metric = metric
         self.progress = Progress(
             TextColumn("[bold]trials"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"),
@@ -40,12 +40,12 @@ class LiveProgress(SearchObserver):
 
     def _status(self, epoch_text: str = "") -> str:
         best = "–" if self.best is None else f"{self.best:.4f}"
-        return f"{self.current} {epoch_text} [dim]best {self.metric}[/] {best}"
+        return f"{self.current} {epoch_text} [dim]best[/] {best}"
 
     def _refresh(self) -> int:
-        """Finished trials and the best value so far, read from the storage: other workers count too."""
+        """Finished trials and the best BLN value so far, read from the storage: other workers count too."""
         done = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("fail_reason") != "duplicate"]
-        complete = [t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE]
+        complete = [t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE and "baseline" not in t.user_attrs]
         if complete:
             self.best = min(complete) if self.direction == "minimize" else max(complete)
         finished = sum(t.state != optuna.trial.TrialState.FAIL or t.user_attrs.get("fail_reason") == "non_finite_loss" for t in done)
@@ -57,8 +57,8 @@ class LiveProgress(SearchObserver):
         self.task = self.progress.add_task("search", total=planned, completed=self._refresh(), status=self._status())
 
     def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
-        what = f"{BASELINES[unit.variant]} baseline" if unit.is_baseline else f"{len(configs)} configurations"
-        self.current = f"shared training (seed {unit.seed}, batch size {unit.batch_size}): [cyan]{what}[/]"
+        what = f"{SHORT_NAMES[unit.variant]} baseline" if unit.is_baseline else f"{len(configs)} configs"
+        self.current = f"seed {unit.seed} bs {unit.batch_size} [cyan]{what}[/]"
         self.shared_epoch = 0
         self.progress.update(self.task, status=self._status("starting"))
 
@@ -72,7 +72,7 @@ class LiveProgress(SearchObserver):
             self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}"))
         elif epoch != self.shared_epoch:
             self.shared_epoch = epoch
-            self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} evaluated"))
+            self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs}"))
 
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
         self.progress.update(self.task, completed=self._refresh(), status=self._status(trial.state.name.lower()))
