@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 import bln_search
-from bln_search.config import FLAG_NAMES, all_configurations
+from bln_search.config import FLAG_NAMES
 from bln_search.errors import SearchFailed
 from bln_search.engine import SearchInterrupted, SearchObserver, config_of
 from tests.fixtures import models
