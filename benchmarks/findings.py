@@ -11,7 +11,8 @@ Produce the studies first (about 20 minutes on 2 cores), then summarise them:
 Prints one Markdown table: for each study and batch size, the BLN winner (validation loss,
 mean ± std over seeds), how many of the other 15 configurations tie with it (Welch's t-test,
 5 %), each baseline with its verdict against the winner, the validation loss after the first
-epoch (convergence speed), and the winner's test accuracy.
+epoch (convergence speed), and the winner's test accuracy. A second table shows, per flag, the
+largest change of the mean metric that flipping it alone causes, with Optuna's fANOVA importance.
 """
 
 from __future__ import annotations
@@ -65,13 +66,37 @@ def summarise(study: optuna.Study) -> list[dict]:
     return rows
 
 
+def flag_effects(study: optuna.Study) -> list[dict]:
+    """Per batch size: the largest change of the mean metric from flipping one flag, and fANOVA importance."""
+    from bln_search.report import importance_study
+
+    metric, _ = study_metric(study)
+    board = leaderboard(study)
+    rows = []
+    for batch_size, group in board[board["model"] == "BLN"].groupby("batch_size"):
+        means = {tuple(bool(r[f]) for f in FLAG_NAMES): r[metric] for _, r in group.iterrows()}
+        importance = optuna.importance.get_param_importances(
+            importance_study(study, int(batch_size)), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+        row = {"study": study.study_name, "batch": int(batch_size)}
+        for i, flag in enumerate(FLAG_NAMES):
+            flips = [abs(v - means[k[:i] + (not k[i],) + k[i + 1:]]) for k, v in means.items()]
+            row[flag] = f"{max(flips):.4f} ({importance.get(flag, 0.0):.2f})"
+        rows.append(row)
+    return rows
+
+
 def main():
     storage = sys.argv[1] if len(sys.argv) > 1 else "sqlite:///findings.db"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows = []
+    rows, effects = [], []
     for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name):
-        rows += summarise(optuna.load_study(study_name=summary.study_name, storage=storage))
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        rows += summarise(study)
+        effects += flag_effects(study)
     print(pd.DataFrame(rows).to_markdown(index=False))
+    print("\nLargest change of the mean metric from flipping one flag (fANOVA importance):\n")
+    print(pd.DataFrame(effects).to_markdown(index=False))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
             elif f"{column}_std" in frame.columns and several_seeds and pd.notna(row[f"{column}_std"]):
                 cells.append(f"{_cell(value, column)} ± {_cell(row[f'{column}_std'], column)}")
             elif column == "p_value":
-                cells.append("" if pd.isna(value) else f"{value:.2f}")
+                cells.append("" if pd.isna(value) else f"{value:.3f}")
             else:
                 cells.append(_cell(value, column))
             if column == "rank":
