@@ -76,8 +76,15 @@ class SearchInterrupted(BLNSearchError):
 
 
 def config_of(trial: optuna.trial.FrozenTrial) -> StatisticsConfig | None:
-    """The configuration a trial runs (or will run, while it waits in the queue)."""
-    params = trial.params or trial.user_attrs.get(ATTR_QUEUED) or {}
+    """The configuration a trial runs (or will run, while it waits in the queue).
+
+    A queued trial's configuration is its `queued_config` until all four flags
+    are suggested: another worker may look while only some of them are, and must
+    not take the trial for a missing configuration.
+    """
+    params = trial.params
+    if not all(name in params for name in FLAG_NAMES):
+        params = trial.user_attrs.get(ATTR_QUEUED) or params
     if all(name in params for name in FLAG_NAMES):
         return StatisticsConfig(*(bool(params[name]) for name in FLAG_NAMES))
     return None

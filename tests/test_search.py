@@ -112,3 +112,17 @@ def test_changing_the_metric_of_an_existing_study_is_refused(data, storage):
     bln_search.search(models.build, data, study_name="m", storage=storage, epochs=1, sampler=optuna.samplers.RandomSampler(0), n_trials=1)
     with pytest.raises(bln_search.BLNSearchError, match="ranks by val_loss"):
         bln_search.search(models.build, data, study_name="m", storage=storage, epochs=1, metric="val_accuracy", sampler=optuna.samplers.RandomSampler(0), n_trials=2)
+
+
+def test_a_queued_trial_keeps_its_configuration_while_its_flags_are_being_suggested(storage):
+    """Another worker may read a trial between its four suggest calls: it must still count as taken."""
+    study = optuna.create_study(storage=storage)
+    config = bln_search.StatisticsConfig(True, False, True, False)
+    study.enqueue_trial(config.as_dict(), user_attrs={"queued_config": config.as_dict(), "seed": 0, "batch_size": 8})
+    trial = study.ask()
+    trial.suggest_categorical("batch_moving_mean", [False, True])  # one of four flags so far
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert list(frozen.params) == ["batch_moving_mean"]
+    assert config_of(frozen) == config
+    done, pending, running = bln_search.engine.grid_status(study)
+    assert (config, bln_search.engine.Unit(0, 8)) in pending and running == 1

@@ -74,7 +74,9 @@ def wait_for(study_name: str, storage: str, condition, timeout: float = 180):
 def assert_each_configuration_complete_once(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     complete = [t for t in study.trials if t.state == COMPLETE]
     configs = [config_of(t) for t in complete]
-    assert len(configs) == len(set(configs)) == 16
+    details = [(t.number, t.state.name, config_of(t) and config_of(t).label, t.user_attrs.get("worker"), t.user_attrs.get("training"),
+                t.system_attrs.get("failed_trial"), str(t.datetime_start), str(t.datetime_complete)) for t in study.trials]
+    assert len(configs) == len(set(configs)) == 16, "\n".join(map(str, details))
     assert not study.get_trials(states=(RUNNING, optuna.trial.TrialState.WAITING))
     return complete
 
