@@ -19,7 +19,7 @@ import optuna
 
 from bln_search.baselines import BASELINES, BLN
 from bln_search.config import FLAG_NAMES, StatisticsConfig, all_configurations
-from bln_search.errors import BLNSearchError, SearchFailed, StorageError, UserCodeError, first_line
+from bln_search.errors import BLNSearchError, SearchFailed, StorageError, UserCodeError, first_line, training_failed
 from bln_search.interrupts import check as check_interrupt
 from bln_search.loading import Data, build_model, check_data_fits_model, takes_trial
 from bln_search.storage import open_storage
@@ -44,6 +44,7 @@ from bln_search.strategies import (  # noqa: F401  (re-exported: the attribute n
     TrainingSettings,
     TrialFailed,
     Unit,
+    heartbeat_interval,
 )
 
 ATTR_QUEUED = "queued_config"  # set on queued grid trials, so their configuration is known while they wait
@@ -399,7 +400,7 @@ class _Run:
 
     def __init__(self, study, storage, grid, n_trials, units, outcomes: _Outcomes):
         self.study, self.grid, self.n_trials, self.units, self.outcomes = study, grid, n_trials, units, outcomes
-        self.poll = min(5.0, max(0.5, getattr(storage, "heartbeat_interval", None) or 5.0))
+        self.poll = min(5.0, max(0.5, heartbeat_interval(storage) or 5.0))
         planned = sum(len(work_of(u)) for u in units) if grid else n_trials
         outcomes.on_search_start(study, planned)
 
@@ -409,6 +410,17 @@ class _Run:
             return False
         time.sleep(self.poll)
         return True
+
+    def _unit_of_new_trial(self, trial: optuna.Trial) -> Unit | None:
+        """The unit of a trial just asked for: its queued one, the search's own for a sampled
+        trial (stored on it), or None when a grid worker got a fresh trial because another
+        worker took the last queued one between our look and our ask."""
+        unit = unit_of(trial)
+        if unit is None and not self.grid:
+            unit = self.units[0]
+            trial.set_user_attr(ATTR_SEED, unit.seed)
+            trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
+        return unit
 
     def _budget_left(self) -> int:
         trials = self.study.get_trials(deepcopy=False)
@@ -420,15 +432,10 @@ class _Run:
         study, grid = self.study, self.grid
 
         def objective(trial: optuna.Trial) -> float:
-            unit = unit_of(trial)
-            if grid and unit is None:
-                # Another worker took the last queued configuration between our check and ask.
+            unit = self._unit_of_new_trial(trial)
+            if unit is None:
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
                 raise _NoWorkLeft("no queued configuration left")
-            if unit is None:
-                unit = self.units[0]
-                trial.set_user_attr(ATTR_SEED, unit.seed)
-                trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
             trial.set_user_attr(ATTR_STRATEGY, strategy.name)
             trial.set_user_attr(ATTR_WORKER, WORKER)
             config = None if unit.is_baseline else _suggest_config(trial)
@@ -452,7 +459,7 @@ class _Run:
                 trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
                 raise
             except Exception as error:
-                wrapped = UserCodeError(f"training failed: {type(error).__name__}: {first_line(error)}")
+                wrapped = training_failed(error)
                 trial.set_user_attr(ATTR_FAIL_REASON, "error")
                 trial.set_user_attr(ATTR_FAIL_MESSAGE, str(wrapped))
                 raise wrapped from error
@@ -515,16 +522,11 @@ class _Run:
         for _ in range(count):
             trial = study.ask()
             self._beat(trial)
-            unit = unit_of(trial)
-            if self.grid and unit is None:
-                # Another worker emptied the queue between our look and our ask.
+            unit = self._unit_of_new_trial(trial)
+            if unit is None:
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 break
-            if unit is None:
-                unit = self.units[0]
-                trial.set_user_attr(ATTR_SEED, unit.seed)
-                trial.set_user_attr(ATTR_BATCH_SIZE, unit.batch_size)
             config = None if unit.is_baseline else _suggest_config(trial)
             if (config, unit) in done:
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
@@ -538,5 +540,5 @@ class _Run:
     def _beat(self, trial: optuna.Trial) -> None:
         """A first heartbeat at once, so a worker killed before training still leaves a stale trial."""
         storage = self.study._storage
-        if getattr(storage, "get_heartbeat_interval", lambda: None)():
+        if heartbeat_interval(storage):
             storage.record_heartbeat(trial._trial_id)

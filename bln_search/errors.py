@@ -33,3 +33,8 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message ("" if it has none): library errors can span pages."""
     text = str(error).strip()
     return text.splitlines()[0] if text else ""
+
+
+def training_failed(error: BaseException) -> UserCodeError:
+    """The one-line error for an unexpected exception inside the user's model while it trains."""
+    return UserCodeError(f"training failed: {type(error).__name__}: {first_line(error)}")

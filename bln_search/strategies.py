@@ -28,7 +28,7 @@ import optuna
 
 from bln_search.baselines import BLN, replace_bln
 from bln_search.config import StatisticsConfig
-from bln_search.errors import BLNSearchError, UserCodeError, first_line
+from bln_search.errors import BLNSearchError, training_failed
 from bln_search.interrupts import check as check_interrupt
 from bln_search.interrupts import interrupt_checker
 from bln_search.loading import Data, build_model
@@ -141,10 +141,6 @@ def _training_logs_value(logs: dict, metric: str, epoch: int) -> float:
     return _check_finite(metric, logs[metric], epoch)
 
 
-def _user_error(error: Exception) -> UserCodeError:
-    return UserCodeError(f"training failed: {type(error).__name__}: {first_line(error)}")
-
-
 class PerTrialStrategy:
     """One full training per trial: builds the model, sets the flags, fits with pruning.
 
@@ -201,6 +197,11 @@ class Job:
     live: bool = True
 
 
+def heartbeat_interval(storage) -> int | None:
+    """Seconds between heartbeats if the storage records them (RDB storages opened by bln-search do)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
+
+
 class _Heartbeat:
     """Records a heartbeat for every live trial of a shared training.
 
@@ -210,7 +211,7 @@ class _Heartbeat:
     """
 
     def __init__(self, storage, jobs: list[Job]):
-        self.interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        self.interval = heartbeat_interval(storage)
         self.storage, self.jobs = storage, jobs
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="bln-search-heartbeat", daemon=True)
@@ -348,7 +349,7 @@ class SharedStrategy:
             self._end_live(study, jobs, observer, elapsed(), reason="error", message=str(error))
             raise
         except Exception as error:
-            wrapped = _user_error(error)
+            wrapped = training_failed(error)
             self._end_live(study, jobs, observer, elapsed(), reason="error", message=str(wrapped))
             raise wrapped from error
         self._end_live(study, jobs, observer, elapsed())

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bln_search.config import StatisticsConfig
-from bln_search.errors import BLNSearchError, UserCodeError, first_line
+from bln_search.errors import BLNSearchError, UserCodeError, first_line, training_failed
 from bln_search.loading import Data, build_model, check_data_fits_model
 
 
@@ -39,8 +39,7 @@ def train(
     try:
         model.fit(**data.fit_kwargs(batch_size, validation=False), epochs=epochs, verbose=0, callbacks=[ResetPopulationStatistics()])
     except Exception as error:
-        message = first_line(error)
-        raise UserCodeError(f"training failed: {type(error).__name__}: {message}") from error
+        raise training_failed(error) from error
     metrics = evaluate(model, data.validation, batch_size, prefix="val_")
     if output is not None:
         model.save(output)
