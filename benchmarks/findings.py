@@ -26,7 +26,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig  # noqa: E402
-from bln_search.results import leaderboard, study_metric  # noqa: E402
+from bln_search.results import leaderboard, study_metric, trials_frame  # noqa: E402
 from bln_search.report import curves  # noqa: E402
 
 
@@ -37,14 +37,15 @@ def _mean_std(row, metric):
 
 def summarise(study: optuna.Study) -> list[dict]:
     metric, _ = study_metric(study)
-    board = leaderboard(study)
+    runs = trials_frame(study)
+    board = leaderboard(study, runs=runs)
     tested = study.user_attrs.get("test", {})
     rows = []
     for batch_size, group in board.groupby("batch_size"):
         bln = group[group["model"] == "BLN"]
         winner = bln[bln["vs_winner"] == "winner"].iloc[0]
         label = StatisticsConfig(*(bool(winner[f]) for f in FLAG_NAMES)).label
-        first_epoch = curves(study, int(batch_size)).iloc[0]
+        first_epoch = curves(runs, int(batch_size)).iloc[0]
         row = {
             "study": study.study_name,
             "batch": int(batch_size),
@@ -71,12 +72,13 @@ def flag_effects(study: optuna.Study) -> list[dict]:
     from bln_search.report import importance_study
 
     metric, _ = study_metric(study)
-    board = leaderboard(study)
+    runs = trials_frame(study)
+    board = leaderboard(study, runs=runs)
     rows = []
     for batch_size, group in board[board["model"] == "BLN"].groupby("batch_size"):
         means = {tuple(bool(r[f]) for f in FLAG_NAMES): r[metric] for _, r in group.iterrows()}
         importance = optuna.importance.get_param_importances(
-            importance_study(study, int(batch_size)), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            importance_study(study, runs, int(batch_size)), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
         )
         row = {"study": study.study_name, "batch": int(batch_size)}
         for i, flag in enumerate(FLAG_NAMES):

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from bln_search.config import FLAG_NAMES
+from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.errors import SearchFailed
 from bln_search.results import BLN_MODEL, leaderboard, study_metric, trials_frame, winners
 
@@ -34,9 +34,11 @@ window.addEventListener("load", function () {
 """
 
 
-def curves(study: optuna.Study, batch_size: int) -> pd.DataFrame:
-    """Mean validation metric per epoch (rows) for each candidate (columns) at one batch size."""
-    runs = trials_frame(study)
+def curves(runs: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """Mean validation metric per epoch (rows) for each candidate (columns) at one batch size.
+
+    `runs` is the study's `bln_search.results.trials_frame`.
+    """
     runs = runs[(runs["batch_size"] == batch_size) & runs["state"].isin(["complete", "pruned"])]
     series = {}
     for candidate, group in runs.groupby("_candidate", sort=False):
@@ -50,9 +52,8 @@ def curves(study: optuna.Study, batch_size: int) -> pd.DataFrame:
     return table
 
 
-def importance_study(study: optuna.Study, batch_size: int) -> optuna.Study | None:
+def importance_study(study: optuna.Study, runs: pd.DataFrame, batch_size: int) -> optuna.Study | None:
     """An in-memory study of the complete BLN trials at one batch size, for Optuna's importance tools."""
-    runs = trials_frame(study)
     numbers = runs[(runs["batch_size"] == batch_size) & (runs["state"] == "complete") & (runs["model"] == BLN_MODEL)]["trial"]
     trials = [study.trials[int(n)] for n in numbers]
     if len({tuple(sorted(t.params.items())) for t in trials}) < 2:
@@ -91,13 +92,11 @@ def _is_config_label(candidate: str) -> bool:
     return len(candidate.split()) == len(FLAG_NAMES)
 
 
-def _winners_table(study: optuna.Study) -> pd.DataFrame:
+def _winners_table(study: optuna.Study, found: dict[int, pd.Series]) -> pd.DataFrame:
     metric, _ = study_metric(study)
     tested = study.user_attrs.get("test", {})
     rows = []
-    for batch_size, row in winners(study).items():
-        from bln_search.config import StatisticsConfig
-
+    for batch_size, row in found.items():
         config = StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES))
         std = row[f"{metric}_std"]
         entry = {
@@ -118,8 +117,10 @@ def write_html(study: optuna.Study, output: Path) -> Path:
     from plotly.offline import get_plotlyjs
 
     metric, direction = study_metric(study)
-    board = leaderboard(study)
-    if board.empty or not winners(study):
+    runs = trials_frame(study)
+    board = leaderboard(study, runs=runs)
+    found = winners(study, board)
+    if board.empty or not found:
         raise SearchFailed(f"study {study.study_name!r} has no complete trial to report on yet")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -132,12 +133,12 @@ def write_html(study: optuna.Study, output: Path) -> Path:
         f"<p>Ranked by {html.escape(metric)} ({direction}); a run's value is its best epoch. "
         "<em>vs winner</em>: Welch's t-test over seeds at 5%.</p>",
         "<h2>Winners by batch size</h2>",
-        _winners_table(study).to_html(index=False, escape=True),
+        _winners_table(study, found).to_html(index=False, escape=True),
     ]
     for batch_size, group in board.groupby("batch_size"):
         parts.append(f"<h2>Batch size {int(batch_size)}</h2>")
-        parts.append(pio.to_html(_curve_figure(curves(study, int(batch_size)), metric, int(batch_size)), full_html=False, include_plotlyjs=False))
-        subset = importance_study(study, int(batch_size))
+        parts.append(pio.to_html(_curve_figure(curves(runs, int(batch_size)), metric, int(batch_size)), full_html=False, include_plotlyjs=False))
+        subset = importance_study(study, runs, int(batch_size))
         if subset is not None:
             figure = optuna.visualization.plot_param_importances(subset)
             figure.update_layout(title=f"Importance of the flags for {metric}, batch size {int(batch_size)} (fANOVA)")
@@ -159,9 +160,10 @@ def write_pngs(study: optuna.Study, output: Path) -> list[Path]:
 
     metric, _ = study_metric(study)
     output = Path(output)
+    runs = trials_frame(study)
     written = []
-    for batch_size in sorted(winners(study)):
-        table = curves(study, batch_size)
+    for batch_size in sorted(winners(study, leaderboard(study, runs=runs))):
+        table = curves(runs, batch_size)
         figure, axes = plt.subplots(figsize=(9, 5))
         for candidate in table.columns:
             baseline = not _is_config_label(candidate)
@@ -173,7 +175,7 @@ def write_pngs(study: optuna.Study, output: Path) -> list[Path]:
         figure.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(figure)
         written.append(path)
-        subset = importance_study(study, batch_size)
+        subset = importance_study(study, runs, batch_size)
         if subset is not None:
             axes = optuna.visualization.matplotlib.plot_param_importances(subset)
             path = output.with_name(f"{output.stem}-importance-bs{batch_size}.png")

@@ -79,7 +79,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return frame[columns + ["_candidate", "_order"]].reset_index(drop=True)
 
 
-def leaderboard(study: optuna.Study, alpha: float = ALPHA) -> pd.DataFrame:
+def leaderboard(study: optuna.Study, alpha: float = ALPHA, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (batch size, configuration or baseline), best first within each batch size.
 
     `<metric>` is the mean over seeds of each run's best epoch (complete runs;
@@ -88,7 +88,8 @@ def leaderboard(study: optuna.Study, alpha: float = ALPHA) -> pd.DataFrame:
     best BLN configuration, by Welch's t-test over seeds at `alpha`: `tie`
     (indistinguishable), `worse`, `better` (a baseline that beats BLN), or
     `n/a` with a single seed. Ranks: complete, then pruned, then running;
-    failed rows come last, unranked.
+    failed rows come last, unranked. `runs`: the study's `trials_frame`, if
+    the caller already has it.
     """
     metric, direction = study_metric(study)
     minimize = direction == "minimize"
@@ -96,7 +97,7 @@ def leaderboard(study: optuna.Study, alpha: float = ALPHA) -> pd.DataFrame:
         "rank", "batch_size", "model", *FLAG_NAMES, metric, f"{metric}_std", "seeds", "vs_winner", "p_value",
         "best_epoch", "epochs", "state", "trial", "duration_s",
     ]
-    runs = trials_frame(study)
+    runs = trials_frame(study) if runs is None else runs
     if runs.empty:
         return pd.DataFrame(columns=columns)
     rows = []
@@ -148,14 +149,12 @@ def leaderboard(study: optuna.Study, alpha: float = ALPHA) -> pd.DataFrame:
     return board[columns].reset_index(drop=True)
 
 
-def batch_sizes(study: optuna.Study) -> list[int]:
-    runs = trials_frame(study)
-    return sorted(int(b) for b in runs["batch_size"].dropna().unique())
+def winners(study: optuna.Study, board: pd.DataFrame | None = None) -> dict[int, pd.Series]:
+    """{batch size: the leaderboard row of the best complete BLN configuration}.
 
-
-def winners(study: optuna.Study) -> dict[int, pd.Series]:
-    """{batch size: the leaderboard row of the best complete BLN configuration}."""
-    board = leaderboard(study)
+    `board`: the study's leaderboard, if the caller already has it.
+    """
+    board = leaderboard(study) if board is None else board
     found = {}
     for batch_size, group in board.groupby("batch_size"):
         best = group[(group["state"] == "complete") & (group["model"] == BLN_MODEL)]
