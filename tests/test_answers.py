@@ -27,16 +27,6 @@ BIN = Path(sys.executable).parent
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
-@pytest.fixture
-def data():
-    return bln_search.check_data(models.load_data())
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return f"sqlite:///{tmp_path / 'study.db'}"
-
-
 # -- the statistics, on values where the answer is known ------------------------------------
 
 

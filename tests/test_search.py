@@ -12,16 +12,6 @@ from bln_search.engine import SearchInterrupted, SearchObserver, config_of
 from tests.fixtures import models
 
 
-@pytest.fixture
-def data():
-    return bln_search.check_data(models.load_data())
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return f"sqlite:///{tmp_path / 'study.db'}"
-
-
 def complete_configs(study):
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     return [config_of(t) for t in trials]

@@ -17,16 +17,6 @@ PRUNED = optuna.trial.TrialState.PRUNED
 FAIL = optuna.trial.TrialState.FAIL
 
 
-@pytest.fixture
-def data():
-    return bln_search.check_data(models.load_data())
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return f"sqlite:///{tmp_path / 'study.db'}"
-
-
 def curves(study):
     """{configuration: [metric per epoch]} from the stored intermediate values."""
     return {config_of(t): [t.intermediate_values[e] for e in sorted(t.intermediate_values)] for t in study.get_trials(states=(COMPLETE,))}
