@@ -314,6 +314,8 @@ def search(
     if not grid and len(units) > 1:
         raise BLNSearchError("several seeds, batch sizes or baselines need the grid sampler (every configuration per seed and batch size)")
     strategy = choose_strategy(strategy, model_factory)
+    if configs_per_training is not None and strategy != "shared":
+        raise BLNSearchError("--configs-per-training only applies to the shared strategy: per-trial workers take one trial at a time")
     settings = TrainingSettings(epochs, metric, direction or infer_direction(metric))
     if not isinstance(storage, optuna.storages.BaseStorage):
         storage = open_storage(storage)

@@ -69,6 +69,7 @@ BAD_RUNS = [
     (["--model", f"{FIX}:build", "--metric", "val_nosuch", "--direction", "minimize"], "metric 'val_nosuch' is not one the model reports"),
     (["--model", f"{FIX}:build", "--metric", "val_accuracy"], "ranks by val_loss"),
     (["--model", f"{FIX}:build", "--sampler", "tpe"], "needs --trials"),
+    (["--model", f"{FIX}:build", "--strategy", "per-trial", "--configs-per-training", "4"], "only applies to the shared strategy"),
 ]
 
 
