@@ -14,14 +14,16 @@ class LiveProgress(SearchObserver):
 
     def __init__(self, console, metric: str):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Column
 
         self.metric = metric
         self.progress = Progress(
             TextColumn("[bold]trials"),
-            BarColumn(bar_width=20),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
+            BarColumn(bar_width=12),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            # On a narrow terminal the status gives way, not the trial count or the time.
+            TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=console,
             transient=False,
         )
@@ -40,7 +42,7 @@ class LiveProgress(SearchObserver):
 
     def _status(self, epoch_text: str = "") -> str:
         best = "–" if self.best is None else f"{self.best:.4f}"
-        return f"{self.current} {epoch_text} [dim]best[/] {best}"
+        return f"{self.current} {epoch_text} [dim]best {self.metric}[/] {best}"
 
     def _refresh(self) -> int:
         """Finished trials and the best BLN value so far, read from the storage: other workers count too."""
