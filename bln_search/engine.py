@@ -433,7 +433,7 @@ class _Run:
     def per_trial(self, strategy: PerTrialStrategy) -> None:
         study, grid = self.study, self.grid
 
-        def objective(trial: optuna.Trial) -> float:
+        def attempt(trial: optuna.Trial) -> float:
             unit = self._unit_of_new_trial(trial)
             if unit is None:
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
@@ -453,9 +453,6 @@ class _Run:
                 trial.set_user_attr(ATTR_FAIL_REASON, error.reason)
                 trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
                 raise
-            except KeyboardInterrupt:
-                trial.set_user_attr(ATTR_FAIL_REASON, "interrupted")
-                raise
             except BLNSearchError as error:
                 trial.set_user_attr(ATTR_FAIL_REASON, "error")
                 trial.set_user_attr(ATTR_FAIL_MESSAGE, str(error))
@@ -465,6 +462,13 @@ class _Run:
                 trial.set_user_attr(ATTR_FAIL_REASON, "error")
                 trial.set_user_attr(ATTR_FAIL_MESSAGE, str(wrapped))
                 raise wrapped from error
+
+        def objective(trial: optuna.Trial) -> float:
+            try:
+                return attempt(trial)
+            except KeyboardInterrupt:  # wherever it lands, also before training starts
+                trial.set_user_attr(ATTR_FAIL_REASON, "interrupted")
+                raise
 
         def on_trial_end(study, frozen):
             self.outcomes.on_trial_end(frozen)
@@ -523,19 +527,22 @@ class _Run:
         groups: dict[Unit, list[Job]] = {}
         for _ in range(count):
             trial = study.ask()
+            # Taken at once: an interrupt from here on finds the trial in `taken` and fails it.
+            job = Job(trial, None, Curve(settings.direction))
+            taken.append(job)
             self._beat(trial)
             unit = self._unit_of_new_trial(trial)
             if unit is None:
+                job.live = False
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 break
-            config = None if unit.is_baseline else _suggest_config(trial)
-            if (config, unit) in done:
+            job.config = None if unit.is_baseline else _suggest_config(trial)
+            if (job.config, unit) in done:
+                job.live = False
                 trial.set_user_attr(ATTR_FAIL_REASON, "duplicate")
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 continue
-            job = Job(trial, config, Curve(settings.direction))
-            taken.append(job)
             groups.setdefault(unit, []).append(job)
         return groups
 
