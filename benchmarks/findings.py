@@ -26,8 +26,8 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig  # noqa: E402
-from bln_search.results import leaderboard, study_metric, trials_frame  # noqa: E402
 from bln_search.report import curves  # noqa: E402
+from bln_search.results import leaderboard, study_metric, trials_frame  # noqa: E402
 
 
 def _mean_std(row, metric):
@@ -58,7 +58,11 @@ def summarise(study: optuna.Study) -> list[dict]:
             baseline = group[group["model"] == name]
             if not baseline.empty:
                 b = baseline.iloc[0]
-                short = {"BatchNormalization": "BN", "LayerNormalization": "LN", "no normalization": "none"}[name]
+                short = {
+                    "BatchNormalization": "BN",
+                    "LayerNormalization": "LN",
+                    "no normalization": "none",
+                }[name]
                 row[short] = f"{_mean_std(b, metric)} ({b['vs_winner']})"
                 row[f"epoch-1 {short}"] = f"{first_epoch[name]:.3f}"
         accuracy = (tested.get(str(int(batch_size))) or {}).get("metrics", {}).get("test_accuracy")
@@ -78,11 +82,12 @@ def flag_effects(study: optuna.Study) -> list[dict]:
     for batch_size, group in board[board["model"] == "BLN"].groupby("batch_size"):
         means = {tuple(bool(r[f]) for f in FLAG_NAMES): r[metric] for _, r in group.iterrows()}
         importance = optuna.importance.get_param_importances(
-            importance_study(study, runs, int(batch_size)), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+            importance_study(study, runs, int(batch_size)),
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
         )
         row = {"study": study.study_name, "batch": int(batch_size)}
         for i, flag in enumerate(FLAG_NAMES):
-            flips = [abs(v - means[k[:i] + (not k[i],) + k[i + 1:]]) for k, v in means.items()]
+            flips = [abs(v - means[k[:i] + (not k[i],) + k[i + 1 :]]) for k, v in means.items()]
             row[flag] = f"{max(flips):.4f} ({importance.get(flag, 0.0):.2f})"
         rows.append(row)
     return rows
@@ -92,7 +97,10 @@ def main():
     storage = sys.argv[1] if len(sys.argv) > 1 else "sqlite:///findings.db"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows, effects = [], []
-    for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name):
+    for summary in sorted(
+        optuna.get_all_study_summaries(storage, include_best_trial=False),
+        key=lambda s: s.study_name,
+    ):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         rows += summarise(study)
         effects += flag_effects(study)

@@ -78,7 +78,9 @@ def measure(architecture, samples, batch_size, repeats):
         model = architecture(norm)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         callbacks = [ResetPopulationStatistics()] if name == "BLN" else []
-        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks)  # trace + warm up
+        model.fit(
+            x, y, batch_size=batch_size, epochs=1, verbose=0, callbacks=callbacks
+        )  # trace + warm up
         models[name] = (model, callbacks)
     rates = {name: [] for name in models}
     for _ in range(repeats):
@@ -91,12 +93,16 @@ def measure(architecture, samples, batch_size, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per model (median is reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed epochs per model (median is reported)"
+    )
     parser.add_argument("--samples", type=int, default=4096, help="training samples per epoch")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    table = Table(title=f"Training throughput, batch size {args.batch_size}, median of {args.repeats} epochs")
+    table = Table(
+        title=f"Training throughput, batch size {args.batch_size}, median of {args.repeats} epochs"
+    )
     table.add_column("model")
     table.add_column("normalization")
     table.add_column("samples/s", justify="right")
@@ -110,7 +116,10 @@ def main():
     Console().print(table)
     ratio = results["CNN"]["BLN"] / results["CNN"]["BatchNormalization"]
     verdict = "meets" if ratio >= 0.8 else "misses"
-    print(f"CNN: BLN runs at {ratio:.2f}x the BatchNormalization model's throughput ({verdict} the 0.8x target).")
+    print(
+        f"CNN: BLN runs at {ratio:.2f}x the BatchNormalization model's throughput ({verdict} "
+        f"the 0.8x target)."
+    )
 
 
 if __name__ == "__main__":

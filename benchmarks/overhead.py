@@ -20,12 +20,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
 
+import digits_cnn  # noqa: E402
 import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import bln_search  # noqa: E402
-import digits_cnn  # noqa: E402
 
 
 def main():
@@ -38,7 +38,12 @@ def main():
         storage = f"sqlite:///{folder}/overhead.db"
         start = time.perf_counter()
         study = bln_search.search(
-            digits_cnn.build, data, study_name="overhead", storage=storage, epochs=args.epochs, strategy="per-trial"
+            digits_cnn.build,
+            data,
+            study_name="overhead",
+            storage=storage,
+            epochs=args.epochs,
+            strategy="per-trial",
         )
         wall = time.perf_counter() - start
     fit = sum(t.user_attrs["fit_seconds"] for t in study.trials)
@@ -47,8 +52,12 @@ def main():
     table.add_column("part")
     table.add_column("share of wall time", justify="right")
     table.add_row("inside model.fit", f"{fit / wall:.1%}")
-    table.add_row("trial overhead (build, configure, callbacks, storage)", f"{(in_trials - fit) / wall:.1%}")
-    table.add_row("between trials (preflight, queue, study bookkeeping)", f"{(wall - in_trials) / wall:.1%}")
+    table.add_row(
+        "trial overhead (build, configure, callbacks, storage)", f"{(in_trials - fit) / wall:.1%}"
+    )
+    table.add_row(
+        "between trials (preflight, queue, study bookkeeping)", f"{(wall - in_trials) / wall:.1%}"
+    )
     table.add_row("[bold]total overhead[/]", f"[bold]{(wall - fit) / wall:.1%}[/]")
     Console().print(table)
     print(f"overhead / fit time = {(wall - fit) / fit:.1%} (target <= 10%)")

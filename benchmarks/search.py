@@ -30,18 +30,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import digits_cnn  # noqa: E402
 import optuna  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import bln_search  # noqa: E402
-import digits_cnn  # noqa: E402
-from bln_search.parts import make_pruner  # noqa: E402
+from bln_search.pruning import make_pruner  # noqa: E402
 
 BATCH_SIZE = 32
 
 
-def timed_search(folder: str, name: str, epochs: int, strategy: str, pruner) -> tuple[float, optuna.Study]:
+def timed_search(
+    folder: str, name: str, epochs: int, strategy: str, pruner
+) -> tuple[float, optuna.Study]:
     data = bln_search.check_data(digits_cnn.load_data())
     start = time.perf_counter()
     study = bln_search.search(
@@ -79,7 +81,7 @@ def timed_limit(epochs: int) -> float:
 
 
 def top1(study: optuna.Study) -> str:
-    return bln_search.engine.config_of(study.best_trial).label
+    return bln_search.trials.config_of(study.best_trial).label
 
 
 def main():
@@ -96,14 +98,26 @@ def main():
         limit = timed_limit(epochs)
         shared, shared_study = timed_search(folder, "shared", epochs, "shared", None)
         per_trial, per_trial_study = timed_search(folder, "per-trial", epochs, "per-trial", None)
-        per_trial_median, median_study = timed_search(folder, "per-trial-median", epochs, "per-trial", make_pruner("median", epochs))
-        shared_median, shared_median_study = timed_search(folder, "shared-median", epochs, "shared", make_pruner("median", epochs))
+        per_trial_median, median_study = timed_search(
+            folder, "per-trial-median", epochs, "per-trial", make_pruner("median", epochs)
+        )
+        shared_median, shared_median_study = timed_search(
+            folder, "shared-median", epochs, "shared", make_pruner("median", epochs)
+        )
 
     def pruned(study):
         return sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
 
     table = Table(title=f"Digits CNN, 16 configurations x {epochs} epochs, SQLite, one run")
-    for column in ("search", "trainings", "pruned", "wall s", "per-trial / this", "this / limit", "top-1"):
+    for column in (
+        "search",
+        "trainings",
+        "pruned",
+        "wall s",
+        "per-trial / this",
+        "this / limit",
+        "top-1",
+    ):
         table.add_column(column, justify="left" if column in ("search", "top-1") else "right")
     rows = [
         ("shared", shared, 1, shared_study),
@@ -112,12 +126,31 @@ def main():
         ("shared + median pruner", shared_median, 1, shared_median_study),
     ]
     for name, wall, trainings, study in rows:
-        table.add_row(name, str(trainings), str(pruned(study)), f"{wall:.1f}", f"{per_trial / wall:.2f}x", f"{wall / limit:.2f}x", top1(study))
-    table.add_row("limit: build + fit + 16 evaluate/epoch", "1", "–", f"{limit:.1f}", f"{per_trial / limit:.2f}x", "1.00x", "–")
+        table.add_row(
+            name,
+            str(trainings),
+            str(pruned(study)),
+            f"{wall:.1f}",
+            f"{per_trial / wall:.2f}x",
+            f"{wall / limit:.2f}x",
+            top1(study),
+        )
+    table.add_row(
+        "limit: build + fit + 16 evaluate/epoch",
+        "1",
+        "–",
+        f"{limit:.1f}",
+        f"{per_trial / limit:.2f}x",
+        "1.00x",
+        "–",
+    )
     Console(width=140).print(table)
     same = top1(shared_study) == top1(per_trial_study)
-    print(f"shared is {per_trial / shared:.2f}x faster than per-trial (target >= 6x); "
-          f"shared / limit = {shared / limit:.2f} (target <= 1.25); same top-1: {'yes' if same else 'NO'}")
+    print(
+        f"shared is {per_trial / shared:.2f}x faster than per-trial (target >= 6x); "
+        f"shared / limit = {shared / limit:.2f} (target <= 1.25); "
+        f"same top-1: {'yes' if same else 'NO'}"
+    )
 
 
 if __name__ == "__main__":

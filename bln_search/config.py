@@ -9,8 +9,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC
 
-from bln_search.errors import BLNSearchError
+from bln_search.errors import ConfigError
 
 FLAG_NAMES: tuple[str, ...] = (
     "batch_moving_mean",
@@ -20,9 +21,15 @@ FLAG_NAMES: tuple[str, ...] = (
 )
 """The four inference flags, in the order the paper lists them."""
 
-
-class ConfigError(BLNSearchError, ValueError):
-    """A statistics configuration (or a document holding one) is invalid."""
+__all__ = [
+    "FLAG_NAMES",
+    "ConfigError",
+    "StatisticsConfig",
+    "all_configurations",
+    "config_document",
+    "load_config",
+    "parse_config_document",
+]
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,8 @@ class StatisticsConfig:
             return values
         if not isinstance(values, Mapping):
             raise ConfigError(
-                f"a statistics configuration must be a mapping of the four flags, got {type(values).__name__}"
+                f"a statistics configuration must be a mapping of the four flags, got "
+                f"{type(values).__name__}"
             )
         missing = [name for name in FLAG_NAMES if name not in values]
         unknown = sorted(set(values) - set(FLAG_NAMES))
@@ -57,9 +65,15 @@ class StatisticsConfig:
         not_bool = [name for name in FLAG_NAMES if not isinstance(values[name], bool)]
         if not_bool:
             raise ConfigError(
-                f"statistics flag(s) must be true or false: {', '.join(f'{n}={values[n]!r}' for n in not_bool)}"
+                "statistics flag(s) must be true or false: "
+                + ", ".join(f"{n}={values[n]!r}" for n in not_bool)
             )
         return cls(**{name: values[name] for name in FLAG_NAMES})
+
+    @classmethod
+    def from_row(cls, row) -> StatisticsConfig:
+        """The configuration of a leaderboard row (or any record holding the four flags, e.g. NumPy booleans)."""
+        return cls(*(bool(row[name]) for name in FLAG_NAMES))
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)
@@ -102,7 +116,7 @@ def config_document(
     extra: Mapping[str, object] | None = None,
 ) -> dict:
     """The versioned JSON document for one configuration (see `load_config`)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     document = {
         "schema": SCHEMA,
@@ -111,8 +125,15 @@ def config_document(
         "metric": {"name": metric, "value": value, "direction": direction},
         "study": study,
         "trial": trial,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {name: _version(dist) for name, dist in (("bln_search", "bln-search"), ("keras", "keras"), ("optuna", "optuna"))},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {
+            name: _version(dist)
+            for name, dist in (
+                ("bln_search", "bln-search"),
+                ("keras", "keras"),
+                ("optuna", "optuna"),
+            )
+        },
     }
     document.update(extra or {})
     return document
@@ -121,10 +142,13 @@ def config_document(
 def parse_config_document(document: object, source: str = "document") -> StatisticsConfig:
     """Validates an exported document and returns its configuration."""
     if not isinstance(document, Mapping) or document.get("schema") != SCHEMA:
-        raise ConfigError(f"{source} is not a bln-search configuration (no \"schema\": \"{SCHEMA}\")")
+        raise ConfigError(f'{source} is not a bln-search configuration (no "schema": "{SCHEMA}")')
     version = document.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ConfigError(f"{source} has schema_version {version!r}; this bln-search reads version {SCHEMA_VERSION}")
+        raise ConfigError(
+            f"{source} has schema_version {version!r}; this bln-search reads version "
+            f"{SCHEMA_VERSION}"
+        )
     try:
         return StatisticsConfig.from_mapping(document.get("config"))
     except ConfigError as error:
@@ -148,5 +172,7 @@ def load_config(path) -> StatisticsConfig:
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}") from None
+        raise ConfigError(
+            f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
     return parse_config_document(document, str(path))

@@ -1,7 +1,9 @@
-"""The exceptions bln-search raises for problems a user can fix.
+"""Every exception bln-search raises for a problem a user can act on, in one hierarchy.
 
-The CLI turns each into one red line and a non-zero exit code; anything else is
-a bug and shows a traceback only under `--debug`.
+Each is a `BLNSearchError` with an `exit_code`; the CLI turns any of them into
+one red line and that exit code. Messages name the Python API's parameters in
+backticks (`study_name`); the CLI translates those into its flags. Anything
+else that escapes is a bug and shows a traceback only under `--debug`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ class BLNSearchError(Exception):
     """Base class: an expected failure with a message that says what to do."""
 
     exit_code = 1
+
+
+class UsageError(BLNSearchError, ValueError):
+    """An unknown name (strategy, sampler, baseline, ...) or a combination of settings that cannot work."""
+
+
+class ConfigError(BLNSearchError, ValueError):
+    """A statistics configuration (or a document holding one) is invalid."""
 
 
 class UserCodeError(BLNSearchError):
@@ -26,7 +36,35 @@ class StorageError(BLNSearchError):
 
 
 class SearchFailed(BLNSearchError):
-    """The search ran, but no trial produced a usable result."""
+    """The search ran, but no trial produced a usable result (or none has finished yet)."""
+
+
+class SearchInterrupted(BLNSearchError):
+    """Ctrl-C stopped the search; every finished trial is stored and a re-run resumes."""
+
+    exit_code = 130
+
+    def __init__(
+        self,
+        message: str = "interrupted: finished trials are stored; run the same command again to resume",
+    ):
+        super().__init__(message)
+
+
+class TrialFailed(BLNSearchError):
+    """One trial failed for a reason that must not stop the search; `reason` is stored on the trial."""
+
+    def __init__(self, message: str, reason: str = "non_finite_loss"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class MetricNotReported(BLNSearchError):
+    """The ranking metric is not among the model's logs."""
+
+    def __init__(self, metric: str, available):
+        names = ", ".join(sorted(available)) or "none"
+        super().__init__(f"metric {metric!r} is not one the model reports (available: {names})")
 
 
 def first_line(error: BaseException) -> str:
@@ -38,3 +76,20 @@ def first_line(error: BaseException) -> str:
 def training_failed(error: BaseException) -> UserCodeError:
     """The one-line error for an unexpected exception inside the user's model while it trains."""
     return UserCodeError(f"training failed: {type(error).__name__}: {first_line(error)}")
+
+
+def failure_of(error: BaseException) -> tuple[str, str, BaseException]:
+    """The one place that maps an exception ending a trial to (stored reason, stored message, what to raise).
+
+    A `TrialFailed` keeps its own reason and lets the search go on; Ctrl-C is
+    `interrupted`; any other error stops the search, a foreign one wrapped
+    into a one-line `UserCodeError`.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted", "", error
+    if isinstance(error, TrialFailed):
+        return error.reason, str(error), error
+    if isinstance(error, BLNSearchError):
+        return "error", str(error), error
+    wrapped = training_failed(error)
+    return "error", str(wrapped), wrapped

@@ -13,26 +13,58 @@ from typing import Any
 
 import optuna
 
-from bln_search.config import FLAG_NAMES, StatisticsConfig
+from bln_search.config import StatisticsConfig
 from bln_search.errors import DataError
-from bln_search.loading import Data, _as_pair
+from bln_search.loading import Data, as_pair
+from bln_search.trials import STUDY_TEST
 
 
-def evaluate_winners(model_factory: Callable[..., Any], data: Data, test, study: optuna.Study) -> dict[str, dict]:
+def evaluate_winners(
+    model_factory: Callable[..., Any], data: Data, test, study: optuna.Study
+) -> dict[str, dict]:
     """{batch size: {"config": ..., "metrics": {"test_loss": ..., ...}}}, also stored on the study."""
     from bln_search.results import winners
     from bln_search.training import evaluate, train
 
-    test = _as_pair(test, "test")
+    test = as_pair(test, "test")
     if isinstance(test, tuple) != (not data.is_dataset):
-        raise DataError("test data must be (x, y) arrays when the training data are arrays, a tf.data.Dataset otherwise")
+        raise DataError(
+            "test data must be (x, y) arrays when the training data are arrays, a "
+            "tf.data.Dataset otherwise"
+        )
     epochs = int(study.user_attrs.get("epochs", 5))
     seed = int(study.user_attrs.get("seed", 0))
     results = {}
     for batch_size, row in winners(study).items():
-        config = StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES))
-        model, _ = train(model_factory, data, config, epochs=epochs, batch_size=batch_size, seed=seed)
+        config = StatisticsConfig.from_row(row)
+        model, _ = train(
+            model_factory, data, config, epochs=epochs, batch_size=batch_size, seed=seed
+        )
         metrics = evaluate(model, test, batch_size, prefix="test_")
-        results[str(batch_size)] = {"config": config.as_dict(), "label": config.label, "metrics": metrics}
-    study.set_user_attr("test", results)
+        results[str(batch_size)] = {
+            "config": config.as_dict(),
+            "label": config.label,
+            "metrics": metrics,
+        }
+    study.set_user_attr(STUDY_TEST, results)
     return results
+
+
+def load_test_data(spec: str, model_spec: str):
+    """Test `(x, y)` from `module:fn`, an .npz with x_test and y_test, or a function of the model's module."""
+    import numpy as np
+
+    from bln_search.loading import call_user, module_of, resolve_callable, split_spec
+
+    if spec.endswith(".npz"):
+        try:
+            with np.load(spec, allow_pickle=False) as archive:
+                return as_pair((archive["x_test"], archive["y_test"]), "test")
+        except (OSError, KeyError, ValueError) as error:
+            raise DataError(f"cannot read x_test and y_test from {spec}: {error}") from None
+    if ":" in spec:
+        return as_pair(call_user(resolve_callable(spec), f"test data function {spec}"), "test")
+    loader = getattr(module_of(model_spec), spec, None)
+    if not callable(loader):
+        raise DataError(f"{split_spec(model_spec)[0]} defines no function {spec}() for --test")
+    return as_pair(call_user(loader, f"{spec}()"), "test")

@@ -8,59 +8,18 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig
+from bln_search.layer_gradient import normalize_for_training
 
 _PACKAGE = "bln_search"
 
 
-def _normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon):
-    """BLN's training forward pass with a hand-written backward pass.
-
-    Autodiff of the two normalizations builds about twice the graph a single
-    BatchNormalization does; the closed-form gradient below (the usual
-    normalization backward, once per axis) makes training about 25 % faster.
-    Returns the output and the step's statistics for the population averages:
-    batch mean and variance, and the batch-averaged feature mean and variance.
-    """
-    reduce_axes = list(range(len(x.shape) - 1))
-
-    @ops.custom_gradient
-    def forward(x, gamma, beta):
-        batch_mean, batch_var = ops.moments(x, axes=[0])
-        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
-        batch_rstd = ops.rsqrt(batch_var + epsilon)
-        feature_rstd = ops.rsqrt(feature_var + epsilon)
-        x_batch = (x - batch_mean) * batch_rstd
-        x_feature = (x - feature_mean) * feature_rstd
-        x_hat = feature_weight * x_feature + batch_weight * x_batch
-        outputs = gamma * x_hat + beta
-
-        def backward(*args, upstream=None):
-            grads = args if upstream is None else upstream
-            grad = grads[0] if isinstance(grads, (tuple, list)) else grads
-            g = grad * gamma
-            grad_batch = (batch_weight * batch_rstd) * (
-                g - ops.mean(g, axis=0) - x_batch * ops.mean(g * x_batch, axis=0)
-            )
-            grad_feature = (feature_weight * feature_rstd) * (
-                g
-                - ops.mean(g, axis=-1, keepdims=True)
-                - x_feature * ops.mean(g * x_feature, axis=-1, keepdims=True)
-            )
-            return (
-                grad_batch + grad_feature,
-                ops.sum(grad * x_hat, axis=reduce_axes),
-                ops.sum(grad, axis=reduce_axes),
-            )
-
-        statistics = (
-            batch_mean,
-            batch_var,
-            ops.mean(feature_mean, axis=0),
-            ops.mean(feature_var, axis=0),
-        )
-        return (outputs, *statistics), backward
-
-    return forward(x, gamma, beta)
+def _flag_property(name, statistic):
+    """A bool attribute backed by the layer's flag variable (so switching retraces nothing)."""
+    return property(
+        lambda self: self._get_flag(name),
+        lambda self, value: self._set_flag(name, value),
+        doc=f"Use the population {statistic} at inference.",
+    )
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -169,7 +128,8 @@ class BatchLayerNormalization(keras.layers.Layer):
         self._flag_values = {}
         self._flag_variables = {}
         for name, value in zip(
-            FLAG_NAMES, (batch_moving_mean, batch_moving_var, feature_moving_mean, feature_moving_var)
+            FLAG_NAMES,
+            (batch_moving_mean, batch_moving_var, feature_moving_mean, feature_moving_var),
         ):
             self._set_flag(name, value)
 
@@ -191,26 +151,10 @@ class BatchLayerNormalization(keras.layers.Layer):
         if variable is not None:
             variable.assign(1.0 if value else 0.0)
 
-    batch_moving_mean = property(
-        lambda self: self._get_flag("batch_moving_mean"),
-        lambda self, value: self._set_flag("batch_moving_mean", value),
-        doc="Use the population batch mean at inference.",
-    )
-    batch_moving_var = property(
-        lambda self: self._get_flag("batch_moving_var"),
-        lambda self, value: self._set_flag("batch_moving_var", value),
-        doc="Use the population batch variance at inference.",
-    )
-    feature_moving_mean = property(
-        lambda self: self._get_flag("feature_moving_mean"),
-        lambda self, value: self._set_flag("feature_moving_mean", value),
-        doc="Use the population feature mean at inference.",
-    )
-    feature_moving_var = property(
-        lambda self: self._get_flag("feature_moving_var"),
-        lambda self, value: self._set_flag("feature_moving_var", value),
-        doc="Use the population feature variance at inference.",
-    )
+    batch_moving_mean = _flag_property("batch_moving_mean", "batch mean")
+    batch_moving_var = _flag_property("batch_moving_var", "batch variance")
+    feature_moving_mean = _flag_property("feature_moving_mean", "feature mean")
+    feature_moving_var = _flag_property("feature_moving_var", "feature variance")
 
     @property
     def statistics_config(self) -> StatisticsConfig:
@@ -291,7 +235,7 @@ class BatchLayerNormalization(keras.layers.Layer):
 
         if training and self.trainable:
             feature_weight, batch_weight = self._mixing_weights(batch_size, channels)
-            outputs, *statistics = _normalize_for_training(
+            outputs, *statistics = normalize_for_training(
                 x, gamma, beta, feature_weight, batch_weight, self.epsilon
             )
             self._update_population(*statistics, batch_size)
@@ -327,7 +271,9 @@ class BatchLayerNormalization(keras.layers.Layer):
             (1.0 - 1.0 / batch_size - self.delta) * inv_sqrt_c,
         )
 
-    def _update_population(self, batch_mean, batch_var, mean_feature_mean, mean_feature_var, batch_size):
+    def _update_population(
+        self, batch_mean, batch_var, mean_feature_mean, mean_feature_var, batch_size
+    ):
         steps = ops.cast(self.moving_steps, batch_size.dtype)
         if self.momentum is None:
             rate = 1.0 / (steps + 1.0)
@@ -343,7 +289,11 @@ class BatchLayerNormalization(keras.layers.Layer):
         for variable, value in updates:
             current = ops.cast(variable, value.dtype)
             variable.assign(ops.cast(current + rate * (value - current), variable.dtype))
-        largest = ops.where(steps > 0, ops.maximum(ops.cast(self.training_batch_size, steps.dtype), batch_size), batch_size)
+        largest = ops.where(
+            steps > 0,
+            ops.maximum(ops.cast(self.training_batch_size, steps.dtype), batch_size),
+            batch_size,
+        )
         self.training_batch_size.assign(ops.cast(largest, self.training_batch_size.dtype))
         self.moving_steps.assign(ops.cast(steps + 1.0, self.moving_steps.dtype))
 
@@ -395,10 +345,16 @@ def find_bln_layers(model) -> list[BatchLayerNormalization]:
     """Every `BatchLayerNormalization` in `model`, nested models and layers included."""
     if isinstance(model, BatchLayerNormalization):
         return [model]
-    return [layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, BatchLayerNormalization)]
+    return [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, BatchLayerNormalization)
+    ]
 
 
-def configure(model, config: StatisticsConfig | Mapping[str, bool]) -> list[BatchLayerNormalization]:
+def configure(
+    model, config: StatisticsConfig | Mapping[str, bool]
+) -> list[BatchLayerNormalization]:
     """Sets the four inference flags on every BLN layer of `model`; returns those layers.
 
     `config` is a `StatisticsConfig` or a mapping with exactly the four flags (as
@@ -408,7 +364,9 @@ def configure(model, config: StatisticsConfig | Mapping[str, bool]) -> list[Batc
     config = StatisticsConfig.from_mapping(config)
     layers = find_bln_layers(model)
     if not layers:
-        raise ValueError(f"model {getattr(model, 'name', model)!r} contains no BatchLayerNormalization layer")
+        raise ValueError(
+            f"model {getattr(model, 'name', model)!r} contains no BatchLayerNormalization layer"
+        )
     for layer in layers:
         for name, value in config.as_dict().items():
             setattr(layer, name, value)

@@ -32,7 +32,9 @@ def _import_module(module_spec: str):
             spec.loader.exec_module(module)
         except Exception as error:
             del sys.modules[name]
-            raise UserCodeError(f"importing {module_spec} failed: {type(error).__name__}: {error}") from error
+            raise UserCodeError(
+                f"importing {module_spec} failed: {type(error).__name__}: {error}"
+            ) from error
         return module
     if str(Path.cwd()) not in sys.path and "" not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -43,7 +45,9 @@ def _import_module(module_spec: str):
             raise UserCodeError(f"module not found: {module_spec}") from error
         raise UserCodeError(f"importing {module_spec} failed: {error}") from error
     except Exception as error:
-        raise UserCodeError(f"importing {module_spec} failed: {type(error).__name__}: {error}") from error
+        raise UserCodeError(
+            f"importing {module_spec} failed: {type(error).__name__}: {error}"
+        ) from error
 
 
 def split_spec(spec: str) -> tuple[str, str]:
@@ -95,13 +99,19 @@ def build_model(factory: Callable[..., Any], trial=None, name: str = "model fact
 
     from bln_search.layer import find_bln_layers
 
-    model = call_user(factory, name, trial=trial) if takes_trial(factory) else call_user(factory, name)
+    model = (
+        call_user(factory, name, trial=trial) if takes_trial(factory) else call_user(factory, name)
+    )
     if not isinstance(model, keras.Model):
         raise UserCodeError(f"{name} must return a keras.Model, got {type(model).__name__}")
     if not getattr(model, "compiled", False):
-        raise UserCodeError(f"{name} returned an uncompiled model: call model.compile(...) before returning it")
+        raise UserCodeError(
+            f"{name} returned an uncompiled model: call model.compile(...) before returning it"
+        )
     if not find_bln_layers(model):
-        raise UserCodeError(f"{name} returned a model without any bln_search.BatchLayerNormalization layer")
+        raise UserCodeError(
+            f"{name} returned a model without any bln_search.BatchLayerNormalization layer"
+        )
     return model
 
 
@@ -141,7 +151,7 @@ class Data:
         return tf.data.Dataset.from_tensor_slices(self.validation).batch(batch_size).cache()
 
 
-def _as_pair(value, part: str):
+def as_pair(value, part: str):
     try:
         import tensorflow as tf
 
@@ -150,7 +160,9 @@ def _as_pair(value, part: str):
     except ImportError:  # pragma: no cover - tensorflow is a dependency
         pass
     if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise DataError(f"{part} data must be an (x, y) pair or a tf.data.Dataset, got {type(value).__name__}")
+        raise DataError(
+            f"{part} data must be an (x, y) pair or a tf.data.Dataset, got {type(value).__name__}"
+        )
     x, y = (np.asarray(v) if not isinstance(v, (dict, tuple, list)) else v for v in value)
     if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
         raise DataError(f"{part} data: x and y must be arrays")
@@ -165,15 +177,23 @@ def check_data(value) -> Data:
     """Validates `(train, validation)` as returned by a data function."""
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         raise DataError(
-            f"data must be a (train, validation) pair, each (x, y) or a tf.data.Dataset; got {type(value).__name__}"
+            (
+                f"data must be a (train, validation) pair, each (x, y) or a tf.data.Dataset; got "
+                f"{type(value).__name__}"
+            )
             + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else "")
         )
-    train, validation = (_as_pair(part, name) for part, name in zip(value, ("training", "validation")))
+    train, validation = (
+        as_pair(part, name) for part, name in zip(value, ("training", "validation"))
+    )
     if isinstance(train, tuple) != isinstance(validation, tuple):
-        raise DataError("training and validation data must both be (x, y) arrays or both tf.data.Datasets")
+        raise DataError(
+            "training and validation data must both be (x, y) arrays or both tf.data.Datasets"
+        )
     if isinstance(train, tuple) and train[0].shape[1:] != validation[0].shape[1:]:
         raise DataError(
-            f"training x has sample shape {train[0].shape[1:]} but validation x has {validation[0].shape[1:]}"
+            f"training x has sample shape {train[0].shape[1:]} but validation x has "
+            f"{validation[0].shape[1:]}"
         )
     return Data(train, validation)
 
@@ -183,7 +203,9 @@ def check_data_fits_model(data: Data, model) -> None:
     if data.is_dataset:
         return
     expected = getattr(model, "input_shape", None)
-    if not isinstance(expected, tuple) or not all(isinstance(d, (int, type(None))) for d in expected):
+    if not isinstance(expected, tuple) or not all(
+        isinstance(d, (int, type(None))) for d in expected
+    ):
         return  # multi-input models: let Keras check
     actual = data.train[0].shape[1:]
     wanted = expected[1:]
@@ -197,7 +219,9 @@ def load_npz(path: str) -> Data:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in keys if k not in archive.files]
             if missing:
-                raise DataError(f"{path} is missing array(s) {', '.join(missing)} (needs {', '.join(keys)})")
+                raise DataError(
+                    f"{path} is missing array(s) {', '.join(missing)} (needs {', '.join(keys)})"
+                )
             arrays = {k: archive[k] for k in keys}
     except DataError:
         raise
@@ -212,7 +236,9 @@ def load_data(data_spec: str | None, model_spec: str) -> Data:
         module = module_of(model_spec)
         loader = getattr(module, "load_data", None)
         if not callable(loader):
-            raise DataError(f"no --data given and {split_spec(model_spec)[0]} defines no load_data() function")
+            raise DataError(
+                f"no --data given and {split_spec(model_spec)[0]} defines no load_data() function"
+            )
         return check_data(call_user(loader, "load_data()"))
     if data_spec.endswith(".npz"):
         return load_npz(data_spec)

@@ -52,9 +52,15 @@ def curves(runs: pd.DataFrame, batch_size: int) -> pd.DataFrame:
     return table
 
 
-def importance_study(study: optuna.Study, runs: pd.DataFrame, batch_size: int) -> optuna.Study | None:
+def importance_study(
+    study: optuna.Study, runs: pd.DataFrame, batch_size: int
+) -> optuna.Study | None:
     """An in-memory study of the complete BLN trials at one batch size, for Optuna's importance tools."""
-    numbers = runs[(runs["batch_size"] == batch_size) & (runs["state"] == "complete") & (runs["model"] == BLN_MODEL)]["trial"]
+    numbers = runs[
+        (runs["batch_size"] == batch_size)
+        & (runs["state"] == "complete")
+        & (runs["model"] == BLN_MODEL)
+    ]["trial"]
     trials = [study.trials[int(n)] for n in numbers]
     if len({tuple(sorted(t.params.items())) for t in trials}) < 2:
         return None
@@ -126,7 +132,8 @@ def write_html(study: optuna.Study, output: Path) -> Path:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>bln-search report: {html.escape(study.study_name)}</title>",
         f"<script>{get_plotlyjs()}</script>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px} table{border-collapse:collapse;font-size:13px}"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px} "
+        "table{border-collapse:collapse;font-size:13px}"
         " td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}</style></head><body>",
         _SELF_CHECK,
         f"<h1>bln-search: {html.escape(study.study_name)}</h1>",
@@ -137,13 +144,25 @@ def write_html(study: optuna.Study, output: Path) -> Path:
     ]
     for batch_size, group in board.groupby("batch_size"):
         parts.append(f"<h2>Batch size {int(batch_size)}</h2>")
-        parts.append(pio.to_html(_curve_figure(curves(runs, int(batch_size)), metric, int(batch_size)), full_html=False, include_plotlyjs=False))
+        parts.append(
+            pio.to_html(
+                _curve_figure(curves(runs, int(batch_size)), metric, int(batch_size)),
+                full_html=False,
+                include_plotlyjs=False,
+            )
+        )
         subset = importance_study(study, runs, int(batch_size))
         if subset is not None:
             figure = optuna.visualization.plot_param_importances(subset)
-            figure.update_layout(title=f"Importance of the flags for {metric}, batch size {int(batch_size)} (fANOVA)")
+            figure.update_layout(
+                title=f"Importance of the flags for {metric}, batch size {int(batch_size)} (fANOVA)"
+            )
             parts.append(pio.to_html(figure, full_html=False, include_plotlyjs=False))
-        parts.append(group.drop(columns=["batch_size"]).to_html(index=False, na_rep="–", float_format=lambda v: f"{v:.4f}"))
+        parts.append(
+            group.drop(columns=["batch_size"]).to_html(
+                index=False, na_rep="–", float_format=lambda v: f"{v:.4f}"
+            )
+        )
     parts.append("</body></html>")
     output = Path(output)
     output.write_text("\n".join(parts), encoding="utf-8")
@@ -167,8 +186,18 @@ def write_pngs(study: optuna.Study, output: Path) -> list[Path]:
         figure, axes = plt.subplots(figsize=(9, 5))
         for candidate in table.columns:
             baseline = not _is_config_label(candidate)
-            axes.plot(table.index, table[candidate], linestyle="--" if baseline else "-", linewidth=2.5 if baseline else 1.2, label=candidate)
-        axes.set(title=f"Validation {metric}, batch size {batch_size} (mean over seeds)", xlabel="epoch", ylabel=metric)
+            axes.plot(
+                table.index,
+                table[candidate],
+                linestyle="--" if baseline else "-",
+                linewidth=2.5 if baseline else 1.2,
+                label=candidate,
+            )
+        axes.set(
+            title=f"Validation {metric}, batch size {batch_size} (mean over seeds)",
+            xlabel="epoch",
+            ylabel=metric,
+        )
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.legend(fontsize=7, ncol=2)
         path = output.with_name(f"{output.stem}-curves-bs{batch_size}.png")
@@ -183,4 +212,3 @@ def write_pngs(study: optuna.Study, output: Path) -> list[Path]:
             plt.close(axes.figure)
             written.append(path)
     return written
-

@@ -14,25 +14,29 @@ import math
 import optuna
 import pandas as pd
 
-from bln_search.baselines import BASELINES
-from bln_search.config import FLAG_NAMES, config_document
-from bln_search.engine import ATTR_BEST_EPOCH, ATTR_EPOCHS_TRAINED, ATTR_FAIL_REASON, ATTR_HISTORY, config_of, unit_of
+from bln_search.baselines import BLN_LABEL, label_of
+from bln_search.config import FLAG_NAMES, StatisticsConfig, config_document
 from bln_search.errors import SearchFailed
 from bln_search.stats import ALPHA, mark_ties
+from bln_search.trials import (
+    ATTR_BEST_EPOCH,
+    ATTR_EPOCHS_TRAINED,
+    ATTR_FAIL_REASON,
+    ATTR_HISTORY,
+    DUPLICATE,
+    STUDY_METRIC,
+    best_of,
+    config_of,
+    setup_of,
+)
 
 _STATE_ORDER = {"complete": 0, "pruned": 1, "running": 2, "fail": 3}
-BLN_MODEL = "BLN"
+BLN_MODEL = BLN_LABEL
 
 
 def study_metric(study: optuna.Study) -> tuple[str, str]:
     """(metric name, direction) the study ranks by."""
-    return study.user_attrs.get("metric", "value"), study.direction.name.lower()
-
-
-def _best_of(history, direction):
-    if not isinstance(history, list) or not history:
-        return math.nan
-    return min(history) if direction == "minimize" else max(history)
+    return study.user_attrs.get(STUDY_METRIC, "value"), study.direction.name.lower()
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -44,7 +48,19 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """
     metric, direction = study_metric(study)
     frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "user_attrs"))
-    columns = ["trial", "state", "value", "model", "config", "seed", "batch_size", "best_epoch", "epochs", "duration_s", "history"]
+    columns = [
+        "trial",
+        "state",
+        "value",
+        "model",
+        "config",
+        "seed",
+        "batch_size",
+        "best_epoch",
+        "epochs",
+        "duration_s",
+        "history",
+    ]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -52,20 +68,26 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame = frame[frame["state"].isin(list(_STATE_ORDER))].copy()
     reason = frame.get(f"user_attrs_{ATTR_FAIL_REASON}")
     if reason is not None:
-        frame = frame[reason.ne("duplicate") | reason.isna()]
-    units = frame["number"].map(lambda n: unit_of(trials[n]))
+        frame = frame[reason.ne(DUPLICATE) | reason.isna()]
+    setups = frame["number"].map(lambda n: setup_of(trials[n]))
     frame["config"] = frame["number"].map(lambda n: config_of(trials[n]))
-    frame["model"] = [BASELINES[u.variant] if u is not None and u.is_baseline else BLN_MODEL for u in units]
+    frame["model"] = [label_of(s.variant) if s is not None else BLN_MODEL for s in setups]
     frame = frame[frame["config"].notna() | frame["model"].ne(BLN_MODEL)].copy()
     if frame.empty:
         return pd.DataFrame(columns=columns)
-    units = frame["number"].map(lambda n: unit_of(trials[n]))
-    frame["seed"] = [u.seed if u else study.user_attrs.get("seed", 0) for u in units]
-    frame["batch_size"] = [u.batch_size if u else study.user_attrs.get("batch_size") for u in units]
-    history = frame.get(f"user_attrs_{ATTR_HISTORY}", pd.Series([None] * len(frame), index=frame.index))
+    setups = frame["number"].map(lambda n: setup_of(trials[n]))
+    frame["seed"] = [s.seed if s else study.user_attrs.get("seed", 0) for s in setups]
+    frame["batch_size"] = [
+        s.batch_size if s else study.user_attrs.get("batch_size") for s in setups
+    ]
+    history = frame.get(
+        f"user_attrs_{ATTR_HISTORY}", pd.Series([None] * len(frame), index=frame.index)
+    )
     frame["history"] = history
     frame["value"] = [
-        value if state == "complete" else (_best_of(h, direction) if state != "fail" else math.nan)
+        value
+        if state == "complete"
+        else (best_of(h if isinstance(h, list) else [], direction) if state != "fail" else math.nan)
         for value, state, h in zip(frame["value"], frame["state"], history)
     ]
     frame["trial"] = frame["number"]
@@ -73,13 +95,19 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame["epochs"] = frame.get(f"user_attrs_{ATTR_EPOCHS_TRAINED}", math.nan)
     frame["duration_s"] = frame["duration"].dt.total_seconds()
     frame["_order"] = frame["state"].map(_STATE_ORDER)
-    frame["_candidate"] = [c.label if c is not None else m for c, m in zip(frame["config"], frame["model"])]
-    frame = frame.sort_values(["_order", "value"], ascending=[True, direction == "minimize"], na_position="last")
+    frame["_candidate"] = [
+        c.label if c is not None else m for c, m in zip(frame["config"], frame["model"])
+    ]
+    frame = frame.sort_values(
+        ["_order", "value"], ascending=[True, direction == "minimize"], na_position="last"
+    )
     frame = frame.drop_duplicates(["_candidate", "seed", "batch_size"], keep="first")
     return frame[columns + ["_candidate", "_order"]].reset_index(drop=True)
 
 
-def leaderboard(study: optuna.Study, alpha: float = ALPHA, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def leaderboard(
+    study: optuna.Study, alpha: float = ALPHA, runs: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per (batch size, configuration or baseline), best first within each batch size.
 
     `<metric>` is the mean over seeds of each run's best epoch (complete runs;
@@ -94,8 +122,20 @@ def leaderboard(study: optuna.Study, alpha: float = ALPHA, runs: pd.DataFrame | 
     metric, direction = study_metric(study)
     minimize = direction == "minimize"
     columns = [
-        "rank", "batch_size", "model", *FLAG_NAMES, metric, f"{metric}_std", "seeds", "vs_winner", "p_value",
-        "best_epoch", "epochs", "state", "trial", "duration_s",
+        "rank",
+        "batch_size",
+        "model",
+        *FLAG_NAMES,
+        metric,
+        f"{metric}_std",
+        "seeds",
+        "vs_winner",
+        "p_value",
+        "best_epoch",
+        "epochs",
+        "state",
+        "trial",
+        "duration_s",
     ]
     runs = trials_frame(study) if runs is None else runs
     if runs.empty:
@@ -111,9 +151,14 @@ def leaderboard(study: optuna.Study, alpha: float = ALPHA, runs: pd.DataFrame | 
             {
                 "batch_size": int(batch_size),
                 "model": best_run["model"],
-                **{flag: (getattr(config, flag) if config is not None else pd.NA) for flag in FLAG_NAMES},
+                **{
+                    flag: (getattr(config, flag) if config is not None else pd.NA)
+                    for flag in FLAG_NAMES
+                },
                 metric: sum(values) / len(values) if values else math.nan,
-                f"{metric}_std": pd.Series(values, dtype=float).std(ddof=1) if len(values) > 1 else math.nan,
+                f"{metric}_std": pd.Series(values, dtype=float).std(ddof=1)
+                if len(values) > 1
+                else math.nan,
                 "seeds": len(values),
                 "best_epoch": best_run["best_epoch"],
                 "epochs": group["epochs"].max(),
@@ -126,11 +171,13 @@ def leaderboard(study: optuna.Study, alpha: float = ALPHA, runs: pd.DataFrame | 
             }
         )
     board = pd.DataFrame(rows)
-    board = board.sort_values(["batch_size", "_order", metric], ascending=[True, True, minimize], na_position="last")
+    board = board.sort_values(
+        ["batch_size", "_order", metric], ascending=[True, True, minimize], na_position="last"
+    )
     board["rank"] = pd.array([pd.NA] * len(board), dtype="Int64")
     board["vs_winner"] = ""
     board["p_value"] = math.nan
-    for batch_size, group in board.groupby("batch_size", sort=False):
+    for _batch_size, group in board.groupby("batch_size", sort=False):
         ranked = group[group["state"].isin(["complete", "pruned"])]
         board.loc[ranked.index, "rank"] = range(1, len(ranked) + 1)
         complete_bln = group[(group["state"] == "complete") & (group["model"] == BLN_MODEL)]
@@ -140,7 +187,11 @@ def leaderboard(study: optuna.Study, alpha: float = ALPHA, runs: pd.DataFrame | 
         samples = {i: board.at[i, "_values"] for i in group[group["state"] == "complete"].index}
         for index, (p, verdict) in mark_ties(samples, winner, alpha).items():
             if verdict == "worse":
-                better = board.at[index, metric] < board.at[winner, metric] if minimize else board.at[index, metric] > board.at[winner, metric]
+                better = (
+                    board.at[index, metric] < board.at[winner, metric]
+                    if minimize
+                    else board.at[index, metric] > board.at[winner, metric]
+                )
                 verdict = "better" if better else "worse"
             board.at[index, "vs_winner"] = verdict
             board.at[index, "p_value"] = p
@@ -182,13 +233,17 @@ def export_document(study: optuna.Study) -> dict:
     if not found:
         raise SearchFailed(f"study {study.study_name!r} has no complete trial yet")
     metric, direction = study_metric(study)
-    training = {key: study.user_attrs[key] for key in ("epochs", "batch_size", "seed", "seeds", "model") if key in study.user_attrs}
+    training = {
+        key: study.user_attrs[key]
+        for key in ("epochs", "batch_size", "seed", "seeds", "model")
+        if key in study.user_attrs
+    }
     first = found[min(found)]
     trial = study.trials[int(first["trial"])]
 
     def entry(row):
         return {
-            "config": {flag: bool(row[flag]) for flag in FLAG_NAMES},
+            "config": StatisticsConfig.from_row(row).as_dict(),
             "value": float(row[metric]),
             "std": None if pd.isna(row[f"{metric}_std"]) else float(row[f"{metric}_std"]),
             "seeds": int(row["seeds"]),
@@ -203,5 +258,8 @@ def export_document(study: optuna.Study) -> dict:
         direction=direction,
         study=study.study_name,
         trial=trial.number,
-        extra={"training": training, "by_batch_size": {str(b): entry(row) for b, row in sorted(found.items())}},
+        extra={
+            "training": training,
+            "by_batch_size": {str(b): entry(row) for b, row in sorted(found.items())},
+        },
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bln_search.config import StatisticsConfig
-from bln_search.errors import BLNSearchError, UserCodeError, first_line, training_failed
+from bln_search.errors import UsageError, UserCodeError, first_line, training_failed
 from bln_search.loading import Data, build_model, check_data_fits_model
 
 
@@ -31,13 +31,18 @@ def train(
     from bln_search.layer import ResetPopulationStatistics, configure
 
     if output is not None and Path(output).suffix != ".keras":
-        raise BLNSearchError(f"--output must end in .keras, got {output}")
+        raise UsageError(f"`output` must end in .keras, got {output}")
     keras.utils.set_random_seed(seed)
     model = build_model(model_factory)
     check_data_fits_model(data, model)
     configure(model, config)
     try:
-        model.fit(**data.fit_kwargs(batch_size, validation=False), epochs=epochs, verbose=0, callbacks=[ResetPopulationStatistics()])
+        model.fit(
+            **data.fit_kwargs(batch_size, validation=False),
+            epochs=epochs,
+            verbose=0,
+            callbacks=[ResetPopulationStatistics()],
+        )
     except Exception as error:
         raise training_failed(error) from error
     metrics = evaluate(model, data.validation, batch_size, prefix="val_")
@@ -54,5 +59,7 @@ def evaluate(model, data, batch_size: int, prefix: str) -> dict[str, float]:
         else:
             metrics = model.evaluate(data, verbose=0, return_dict=True)
     except Exception as error:
-        raise UserCodeError(f"evaluation failed: {type(error).__name__}: {first_line(error)}") from error
+        raise UserCodeError(
+            f"evaluation failed: {type(error).__name__}: {first_line(error)}"
+        ) from error
     return {f"{prefix}{name}": float(value) for name, value in metrics.items()}

@@ -1,6 +1,6 @@
 """A GRU that reads each 8x8 digit row by row, with BLN on the per-step features.
 
-    bln-search run --model studies/digits_rnn.py:build --epochs 3
+bln-search run --model studies/digits_rnn.py:build --epochs 3
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import keras
 
 from bln_search import BatchLayerNormalization
+
 try:  # imported as studies.digits_cnn, or loaded by path (bln-search run --model studies/...py:build)
     from .digits import splits
 except ImportError:
@@ -25,7 +26,11 @@ def build() -> keras.Model:
         ],
         name="digits_rnn",
     )
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 

@@ -53,8 +53,16 @@ class ReferenceBLN:
         if self.momentum is not None:
             if self.ema is None:
                 shape_b, shape_f = mu_b.shape[1:], mu_f.shape[1:]
-                self.ema = [np.zeros(shape_b), np.ones(shape_b), np.zeros(shape_f), np.ones(shape_f)]
-            self.ema = [self.momentum * old + (1 - self.momentum) * new for old, new in zip(self.ema, record[:4])]
+                self.ema = [
+                    np.zeros(shape_b),
+                    np.ones(shape_b),
+                    np.zeros(shape_f),
+                    np.ones(shape_f),
+                ]
+            self.ema = [
+                self.momentum * old + (1 - self.momentum) * new
+                for old, new in zip(self.ema, record[:4])
+            ]
         return _mix(x, mu_b, var_b, mu_f, var_f, m, self.gamma, self.beta)
 
     def population(self):
@@ -75,8 +83,15 @@ class ReferenceBLN:
         population = self.population()
         if population is None:  # never trained: mean 0, variance 1, current batch size
             m = x.shape[0]
-            pop = (np.zeros_like(mu_b), np.ones_like(var_b), np.zeros_like(mu_f[:1]), np.ones_like(var_f[:1]))
+            pop = (
+                np.zeros_like(mu_b),
+                np.ones_like(var_b),
+                np.zeros_like(mu_f[:1]),
+                np.ones_like(var_f[:1]),
+            )
         else:
             *pop, m = population
-        chosen = [p if flag else cur for flag, p, cur in zip(flags, pop, (mu_b, var_b, mu_f, var_f))]
+        chosen = [
+            p if flag else cur for flag, p, cur in zip(flags, pop, (mu_b, var_b, mu_f, var_f))
+        ]
         return _mix(x, *chosen, m, self.gamma, self.beta)

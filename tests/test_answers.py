@@ -20,6 +20,7 @@ from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.errors import BLNSearchError, UserCodeError
 from bln_search.results import leaderboard, winners
 from bln_search.stats import mark_ties, welch_p_value
+from bln_search.trials import config_of
 from tests.fixtures import models
 
 FIX = str(Path(models.__file__).resolve())
@@ -35,7 +36,10 @@ def test_welch_p_value_matches_the_textbook_example():
     assert welch_p_value([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.02131, abs=1e-4)
     assert welch_p_value([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
     assert math.isnan(welch_p_value([1.0], [1.0, 2.0]))
-    assert welch_p_value([0.5, 0.5], [0.5, 0.5]) == 1.0 and welch_p_value([0.5, 0.5], [0.7, 0.7]) == 0.0
+    assert (
+        welch_p_value([0.5, 0.5], [0.5, 0.5]) == 1.0
+        and welch_p_value([0.5, 0.5], [0.7, 0.7]) == 0.0
+    )
 
 
 def test_mark_ties_separates_noise_from_real_differences():
@@ -48,26 +52,48 @@ def test_mark_ties_separates_noise_from_real_differences():
         "one seed": [0.1],
     }
     verdicts = {name: verdict for name, (_, verdict) in mark_ties(samples, "winner").items()}
-    assert verdicts == {"winner": "winner", "within noise": "tie", "clearly worse": "worse", "one seed": "n/a"}
+    assert verdicts == {
+        "winner": "winner",
+        "within noise": "tie",
+        "clearly worse": "worse",
+        "one seed": "n/a",
+    }
 
 
 def synthetic_study(values: dict) -> optuna.Study:
     """A study of complete trials with known values: {(config or baseline, batch size): [value per seed]}."""
     study = optuna.create_study(direction="minimize")
     study.set_user_attr("metric", "val_loss")
-    distributions = {name: optuna.distributions.CategoricalDistribution([False, True]) for name in FLAG_NAMES}
+    distributions = {
+        name: optuna.distributions.CategoricalDistribution([False, True]) for name in FLAG_NAMES
+    }
     for (candidate, batch_size), per_seed in values.items():
         for seed, value in enumerate(per_seed):
             attrs = {"seed": seed, "batch_size": batch_size, "history": [value + 0.1, value]}
             if isinstance(candidate, str):
-                study.add_trial(optuna.trial.create_trial(value=value, user_attrs={**attrs, "baseline": candidate}))
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        value=value, user_attrs={**attrs, "baseline": candidate}
+                    )
+                )
             else:
-                study.add_trial(optuna.trial.create_trial(value=value, params=candidate.as_dict(), distributions=distributions, user_attrs=attrs))
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        value=value,
+                        params=candidate.as_dict(),
+                        distributions=distributions,
+                        user_attrs=attrs,
+                    )
+                )
     return study
 
 
 def test_the_leaderboard_marks_ties_with_the_winner_per_batch_size():
-    a, b, c = StatisticsConfig(True, True, False, False), StatisticsConfig(False, False, False, False), StatisticsConfig(True, True, True, True)
+    a, b, c = (
+        StatisticsConfig(True, True, False, False),
+        StatisticsConfig(False, False, False, False),
+        StatisticsConfig(True, True, True, True),
+    )
     study = synthetic_study(
         {
             (a, 8): [0.100, 0.110, 0.090],
@@ -82,13 +108,26 @@ def test_the_leaderboard_marks_ties_with_the_winner_per_batch_size():
     board = leaderboard(study)
     at8 = board[board["batch_size"] == 8]
     verdict = {
-        StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES)): row["vs_winner"] for _, row in at8[at8["model"] == "BLN"].iterrows()
+        StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES)): row["vs_winner"]
+        for _, row in at8[at8["model"] == "BLN"].iterrows()
     }
     assert verdict == {a: "winner", b: "tie", c: "worse"}
-    assert board[(board["batch_size"] == 8) & (board["model"] == "BatchNormalization")]["vs_winner"].item() == "better"
-    assert board[(board["batch_size"] == 8) & (board["model"] == "LayerNormalization")]["vs_winner"].item() == "n/a"
+    assert (
+        board[(board["batch_size"] == 8) & (board["model"] == "BatchNormalization")][
+            "vs_winner"
+        ].item()
+        == "better"
+    )
+    assert (
+        board[(board["batch_size"] == 8) & (board["model"] == "LayerNormalization")][
+            "vs_winner"
+        ].item()
+        == "n/a"
+    )
     winner_row = board[(board["batch_size"] == 8) & (board["vs_winner"] == "winner")].iloc[0]
-    assert winner_row["val_loss"] == pytest.approx(0.1) and winner_row["val_loss_std"] == pytest.approx(0.01)
+    assert winner_row["val_loss"] == pytest.approx(0.1) and winner_row[
+        "val_loss_std"
+    ] == pytest.approx(0.01)
     assert winner_row["seeds"] == 3 and len(at8) == 5
     found = winners(study)
     assert StatisticsConfig(*(bool(found[8][f]) for f in FLAG_NAMES)) == a
@@ -99,22 +138,33 @@ def test_the_leaderboard_marks_ties_with_the_winner_per_batch_size():
 
 
 def test_seeds_evaluate_every_configuration_under_each_seed(data, storage):
-    study = bln_search.search(models.build, data, study_name="seeds", storage=storage, epochs=2, seeds=2)
+    study = bln_search.search(
+        models.build, data, study_name="seeds", storage=storage, epochs=2, seeds=2
+    )
     assert len(study.get_trials(states=(COMPLETE,))) == 32
     board = leaderboard(study)
     assert len(board) == 16 and set(board["seeds"]) == {2} and board["val_loss_std"].notna().all()
     row = board.iloc[0]
     config = StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES))
-    values = [t.value for t in study.trials if bln_search.engine.config_of(t) == config]
-    assert row["val_loss"] == pytest.approx(np.mean(values)) and row["val_loss_std"] == pytest.approx(np.std(values, ddof=1))
-    assert set(board["vs_winner"]) <= {"winner", "tie", "worse"} and (board["vs_winner"] == "winner").sum() == 1
+    values = [t.value for t in study.trials if config_of(t) == config]
+    assert row["val_loss"] == pytest.approx(np.mean(values)) and row[
+        "val_loss_std"
+    ] == pytest.approx(np.std(values, ddof=1))
+    assert (
+        set(board["vs_winner"]) <= {"winner", "tie", "worse"}
+        and (board["vs_winner"] == "winner").sum() == 1
+    )
 
 
 def test_baselines_replace_every_bln_layer_by_cloning_and_keep_the_compile_settings():
     import keras
 
     original = models.build()
-    for name, expected in (("batch_norm", keras.layers.BatchNormalization), ("layer_norm", keras.layers.LayerNormalization), ("no_norm", keras.layers.Identity)):
+    for name, expected in (
+        ("batch_norm", keras.layers.BatchNormalization),
+        ("layer_norm", keras.layers.LayerNormalization),
+        ("no_norm", keras.layers.Identity),
+    ):
         clone = replace_bln(original, name)
         assert not bln_search.find_bln_layers(clone)
         assert sum(isinstance(layer, expected) for layer in clone.layers) == 1
@@ -144,12 +194,20 @@ def test_a_subclassed_model_cannot_get_baselines_and_says_why():
 
 
 def test_baselines_and_batch_sizes_each_get_their_own_rows_and_winners(data, storage):
-    study = bln_search.search(models.build, data, study_name="b", storage=storage, epochs=2, batch_size=[16, 48], baselines=True)
+    study = bln_search.search(
+        models.build,
+        data,
+        study_name="b",
+        storage=storage,
+        epochs=2,
+        batch_size=[16, 48],
+        baselines=True,
+    )
     board = leaderboard(study)
     assert sorted(board["batch_size"].unique()) == [16, 48]
     for _, group in board.groupby("batch_size"):
         assert len(group) == 16 + len(BASELINES)
-        assert set(group["model"]) == {"BLN", *BASELINES.values()}
+        assert set(group["model"]) == {"BLN", *(b.label for b in BASELINES.values())}
         assert list(group["rank"]) == list(range(1, len(group) + 1))
     baseline_trials = [t for t in study.trials if "baseline" in t.user_attrs]
     assert len(baseline_trials) == 2 * len(BASELINES) and all(not t.params for t in baseline_trials)
@@ -163,7 +221,15 @@ def test_baselines_and_batch_sizes_each_get_their_own_rows_and_winners(data, sto
 
 def test_several_seeds_or_batch_sizes_need_the_grid(data, storage):
     with pytest.raises(BLNSearchError, match="need the grid"):
-        bln_search.search(models.build, data, study_name="x", storage=storage, seeds=2, sampler=optuna.samplers.RandomSampler(0), n_trials=3)
+        bln_search.search(
+            models.build,
+            data,
+            study_name="x",
+            storage=storage,
+            seeds=2,
+            sampler=optuna.samplers.RandomSampler(0),
+            n_trials=3,
+        )
 
 
 # -- the command line: test data, batch sizes, report ---------------------------------------
@@ -172,14 +238,36 @@ def test_several_seeds_or_batch_sizes_need_the_grid(data, storage):
 def command(*args, cwd):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("BLN_SEARCH_STORAGE", None)
-    return subprocess.run([str(BIN / "bln-search"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [str(BIN / "bln-search"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     """One CLI study with seeds, baselines, two batch sizes and test data, shared by the tests below."""
     folder = tmp_path_factory.mktemp("answers")
-    run = command("run", "--model", f"{FIX}:build", "--epochs", "2", "--seeds", "2", "--baselines", "--batch-sizes", "16,48", "-q", "--test", "load_test", cwd=folder)
+    run = command(
+        "run",
+        "--model",
+        f"{FIX}:build",
+        "--epochs",
+        "2",
+        "--seeds",
+        "2",
+        "--baselines",
+        "--batch-sizes",
+        "16,48",
+        "-q",
+        "--test",
+        "load_test",
+        cwd=folder,
+    )
     assert run.returncode == 0, run.stderr
     return folder, run.stderr
 
@@ -187,15 +275,21 @@ def searched(tmp_path_factory):
 @pytest.mark.slow
 def test_test_data_is_reported_for_the_winners_and_never_chooses(searched):
     folder, stderr = searched
-    study = optuna.load_study(study_name="models-build", storage=f"sqlite:///{folder / 'bln-search.db'}")
+    study = optuna.load_study(
+        study_name="models-build", storage=f"sqlite:///{folder / 'bln-search.db'}"
+    )
     tested = study.user_attrs["test"]
     assert set(tested) == {"16", "48"}
     for size, result in tested.items():
         assert set(result["metrics"]) == {"test_loss", "test_accuracy"}
         assert f"test (batch size {size}, winner {result['label']}" in stderr
-        row = winners(study)[int(size)]  # the winner is the validation winner, whatever the test says
+        row = winners(study)[
+            int(size)
+        ]  # the winner is the validation winner, whatever the test says
         assert result["config"] == {f: bool(row[f]) for f in FLAG_NAMES}
-    assert "batch size 16:" in stderr and "batch size 48:" in stderr  # one leaderboard per batch size
+    assert (
+        "batch size 16:" in stderr and "batch size 48:" in stderr
+    )  # one leaderboard per batch size
 
 
 @pytest.mark.slow
@@ -207,13 +301,23 @@ def test_bad_batch_sizes_and_test_data_are_one_line_errors(tmp_path):
         (["--test", "missing.npz"], "cannot read x_test and y_test from missing.npz"),
     ):
         result = command("run", "--model", f"{FIX}:build", "--epochs", "1", *args, cwd=tmp_path)
-        assert result.returncode == 1 and result.stderr.startswith("error:") and message in result.stderr, result.stderr
+        assert (
+            result.returncode == 1
+            and result.stderr.startswith("error:")
+            and message in result.stderr
+        ), result.stderr
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "bln-search.db").exists() or not optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'bln-search.db'}")
+    assert not (tmp_path / "bln-search.db").exists() or not optuna.get_all_study_summaries(
+        f"sqlite:///{tmp_path / 'bln-search.db'}"
+    )
 
 
 def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    return (
+        shutil.which("chromium")
+        or shutil.which("chromium-browser")
+        or shutil.which("google-chrome")
+    )
 
 
 @pytest.mark.slow
@@ -224,7 +328,12 @@ def test_the_report_renders_its_figures_in_headless_chromium_without_script_erro
     page = (folder / "report.html").read_text()
     assert "Winners by batch size" in page and page.count("Batch size ") >= 2
     pngs = sorted(p.name for p in folder.glob("report-*.png"))
-    assert pngs == ["report-curves-bs16.png", "report-curves-bs48.png", "report-importance-bs16.png", "report-importance-bs48.png"]
+    assert pngs == [
+        "report-curves-bs16.png",
+        "report-curves-bs48.png",
+        "report-importance-bs16.png",
+        "report-importance-bs48.png",
+    ]
     assert all((folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
     browser = chromium()
     if browser is None:
@@ -232,10 +341,22 @@ def test_the_report_renders_its_figures_in_headless_chromium_without_script_erro
             pytest.fail("CI=true but no chromium: .ci/run must install Debian's chromium")
         pytest.skip("no chromium to render the report (apt-get install chromium; CI does)")
     dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000", "--dump-dom", (folder / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=180,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            (folder / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     ).stdout
-    assert '<pre id="script-errors" style="display:none"></pre>' in dom  # no script error was recorded
+    assert (
+        '<pre id="script-errors" style="display:none"></pre>' in dom
+    )  # no script error was recorded
     # Two batch sizes x (curves + importance) = 4 figures, each drawn as SVG by plotly.
     assert 'data-figures-rendered="4"' in dom
     assert dom.count('class="main-svg"') >= 4
@@ -246,10 +367,18 @@ def test_the_export_and_leaderboard_carry_every_batch_size(searched):
     folder, _ = searched
     exported = command("export", "-o", "-", cwd=folder)
     document = json.loads(exported.stdout)
-    assert set(document["by_batch_size"]) == {"16", "48"} and document["by_batch_size"]["16"]["seeds"] == 2
-    assert bln_search.load_config(write(folder / "best.json", exported.stdout)) == StatisticsConfig.from_mapping(document["config"])
+    assert (
+        set(document["by_batch_size"]) == {"16", "48"}
+        and document["by_batch_size"]["16"]["seeds"] == 2
+    )
+    assert bln_search.load_config(
+        write(folder / "best.json", exported.stdout)
+    ) == StatisticsConfig.from_mapping(document["config"])
     frame = json.loads(command("leaderboard", "--format", "json", cwd=folder).stdout)
-    assert {row["batch_size"] for row in frame} == {16, 48} and {row["model"] for row in frame} >= {"BLN", "BatchNormalization"}
+    assert {row["batch_size"] for row in frame} == {16, 48} and {row["model"] for row in frame} >= {
+        "BLN",
+        "BatchNormalization",
+    }
 
 
 def write(path: Path, text: str) -> Path:

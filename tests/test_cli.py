@@ -24,17 +24,39 @@ BIN = Path(sys.executable).parent
 
 def bln_search_command(*args, cwd, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([str(BIN / "bln-search"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [str(BIN / "bln-search"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_help_does_not_import_tensorflow():
     code = (
         "import sys; from typer.testing import CliRunner; from bln_search.cli import app; "
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
-        "assert 'run' in r.output; print(sorted(m for m in ('tensorflow', 'keras', 'optuna', 'pandas') if m in sys.modules))"
+        "assert 'run' in r.output; "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'optuna', 'pandas') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_version_is_an_eager_option():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"bln-search {bln_search.__version__}"
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["export"], ["leaderboard"], ["train"]])
+def test_help_shows_flags_as_flags(command):
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    assert "--help" in result.output
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +65,15 @@ def existing(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     url = f"sqlite:///{folder / 'study.db'}"
     data = bln_search.check_data(models.load_data())
-    bln_search.search(models.build, data, study_name="existing", storage=url, epochs=1, sampler=optuna.samplers.RandomSampler(0), n_trials=2)
+    bln_search.search(
+        models.build,
+        data,
+        study_name="existing",
+        storage=url,
+        epochs=1,
+        sampler=optuna.samplers.RandomSampler(0),
+        n_trials=2,
+    )
     return folder, url
 
 
@@ -62,14 +92,27 @@ BAD_RUNS = [
     (["--model", f"{FIX}:build_uncompiled"], "uncompiled model"),
     (["--model", f"{FIX}:build_without_bln"], "without any bln_search.BatchLayerNormalization"),
     (["--model", f"{FIX}:build", "--data", f"{FIX}:data_three_parts"], "(train, validation) pair"),
-    (["--model", f"{FIX}:build", "--data", f"{FIX}:data_mismatched_lengths"], "x has 96 samples but y has 91"),
+    (
+        ["--model", f"{FIX}:build", "--data", f"{FIX}:data_mismatched_lengths"],
+        "x has 96 samples but y has 91",
+    ),
     (["--model", f"{FIX}:build", "--data", f"{FIX}:data_empty"], "training data is empty"),
-    (["--model", f"{FIX}:build", "--data", f"{FIX}:data_wrong_shape"], "data has sample shape (4,) but the model expects (6,)"),
+    (
+        ["--model", f"{FIX}:build", "--data", f"{FIX}:data_wrong_shape"],
+        "data has sample shape (4,) but the model expects (6,)",
+    ),
     (["--model", f"{FIX}:build", "--data", "nowhere.npz"], "cannot read nowhere.npz"),
-    (["--model", f"{FIX}:build", "--metric", "val_nosuch", "--direction", "minimize"], "metric 'val_nosuch' is not one the model reports"),
+    (
+        ["--model", f"{FIX}:build", "--metric", "val_nosuch", "--direction", "minimize"],
+        "metric 'val_nosuch' is not one the model reports",
+    ),
     (["--model", f"{FIX}:build", "--metric", "val_accuracy"], "ranks by val_loss"),
     (["--model", f"{FIX}:build", "--sampler", "tpe"], "needs --trials"),
-    (["--model", f"{FIX}:build", "--strategy", "per-trial", "--configs-per-training", "4"], "only applies to the shared strategy"),
+    (
+        ["--model", f"{FIX}:build", "--strategy", "per-trial", "--configs-per-training", "4"],
+        "--configs-per-training only applies to the shared strategy",
+    ),
+    (["--model", f"{FIX}:build_with_trial", "--strategy", "shared"], "set --strategy to per-trial"),
 ]
 
 
@@ -77,7 +120,9 @@ BAD_RUNS = [
 def test_bad_run_input_is_one_line_and_leaves_the_study_untouched(existing, args, message):
     folder, url = existing
     before = snapshot(url)
-    result = CliRunner().invoke(app, ["run", *args, "--storage", url, "--study", "existing", "--epochs", "1", "-q"])
+    result = CliRunner().invoke(
+        app, ["run", *args, "--storage", url, "--study", "existing", "--epochs", "1", "-q"]
+    )
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -89,7 +134,10 @@ def test_bad_run_input_is_one_line_and_leaves_the_study_untouched(existing, args
 @pytest.mark.parametrize(
     "storage, message",
     [
-        ("postgresql://someone:hunter2@127.0.0.1:1/nodb", "cannot open storage postgresql://someone:***@127.0.0.1:1/nodb"),
+        (
+            "postgresql://someone:hunter2@127.0.0.1:1/nodb",
+            "cannot open storage postgresql://someone:***@127.0.0.1:1/nodb",
+        ),
         ("not-a-url", "must be a database URL"),
         ("nosuchdriver://x/y", "cannot open storage"),
     ],
@@ -103,7 +151,21 @@ def test_unreachable_or_malformed_storage(storage, message):
 
 def test_nan_loss_in_every_trial(tmp_path):
     url = f"sqlite:///{tmp_path / 'nan.db'}"
-    result = CliRunner().invoke(app, ["run", "--model", f"{FIX}:build_nan", "--storage", url, "--epochs", "1", "-q", "--pruner", "none"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--model",
+            f"{FIX}:build_nan",
+            "--storage",
+            url,
+            "--epochs",
+            "1",
+            "-q",
+            "--pruner",
+            "none",
+        ],
+    )
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: all 16 trials failed")
     assert len(optuna.load_study(study_name="models-build_nan", storage=url).trials) == 16
@@ -117,11 +179,25 @@ def test_unknown_study(existing, command):
     assert "no study named 'nosuch'; studies here: existing" in result.stderr
 
 
-@pytest.mark.parametrize("content, message", [("{broken", "is not valid JSON"), ('{"a": 1}', "not a bln-search configuration")])
+@pytest.mark.parametrize(
+    "content, message",
+    [("{broken", "is not valid JSON"), ('{"a": 1}', "not a bln-search configuration")],
+)
 def test_train_rejects_malformed_config(tmp_path, content, message):
     path = tmp_path / "best.json"
     path.write_text(content)
-    result = CliRunner().invoke(app, ["train", "--model", f"{FIX}:build", "--config", str(path), "-o", str(tmp_path / "m.keras")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            f"{FIX}:build",
+            "--config",
+            str(path),
+            "-o",
+            str(tmp_path / "m.keras"),
+        ],
+    )
     assert result.exit_code == 1 and message in result.stderr
     assert not (tmp_path / "m.keras").exists()
 
@@ -130,7 +206,9 @@ def test_train_rejects_malformed_config(tmp_path, content, message):
 def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
     """The README's workflow on the digits CNN, each step a real `bln-search` process."""
     model = f"{ROOT / 'studies' / 'digits_cnn.py'}:build"
-    run = bln_search_command("run", "--model", model, "--epochs", "2", "--pruner", "none", cwd=tmp_path)
+    run = bln_search_command(
+        "run", "--model", model, "--epochs", "2", "--pruner", "none", cwd=tmp_path
+    )
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr and (tmp_path / "bln-search.db").exists()
 
@@ -149,8 +227,19 @@ def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
 
     # Optuna's own CLI reads the same storage and agrees with the export.
     optuna_cli = subprocess.run(
-        [str(BIN / "optuna"), "best-trial", "--storage", "sqlite:///bln-search.db", "--study-name", "digits_cnn-build", "-f", "json"],
-        cwd=tmp_path, capture_output=True, text=True,
+        [
+            str(BIN / "optuna"),
+            "best-trial",
+            "--storage",
+            "sqlite:///bln-search.db",
+            "--study-name",
+            "digits_cnn-build",
+            "-f",
+            "json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert optuna_cli.returncode == 0, optuna_cli.stderr
     best = json.loads(optuna_cli.stdout)
@@ -158,12 +247,26 @@ def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
     assert best["value"] == pytest.approx(document["metric"]["value"])
     assert best["params"] == document["config"]
 
-    trained = bln_search_command("train", "--model", model, "--config", "best.json", "--epochs", "1", "-o", "final.keras", cwd=tmp_path)
+    trained = bln_search_command(
+        "train",
+        "--model",
+        model,
+        "--config",
+        "best.json",
+        "--epochs",
+        "1",
+        "-o",
+        "final.keras",
+        cwd=tmp_path,
+    )
     assert trained.returncode == 0, trained.stderr
     import keras
 
     loaded = keras.saving.load_model(tmp_path / "final.keras")
-    assert all(layer.statistics_config.as_dict() == document["config"] for layer in bln_search.find_bln_layers(loaded))
+    assert all(
+        layer.statistics_config.as_dict() == document["config"]
+        for layer in bln_search.find_bln_layers(loaded)
+    )
 
 
 @pytest.mark.slow
@@ -175,8 +278,24 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     model = f"{FIX}:build"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
-        [str(BIN / "bln-search"), "run", "--model", model, "--epochs", "400", "-q", "--pruner", "none", "--strategy", strategy],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            str(BIN / "bln-search"),
+            "run",
+            "--model",
+            model,
+            "--epochs",
+            "400",
+            "-q",
+            "--pruner",
+            "none",
+            "--strategy",
+            strategy,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     url = f"sqlite:///{tmp_path / 'bln-search.db'}"
     deadline = time.monotonic() + 120
@@ -188,20 +307,42 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
             except Exception:
                 continue
             states = [t.state for t in trials]
-            if strategy == "per-trial" and optuna.trial.TrialState.COMPLETE in states and optuna.trial.TrialState.RUNNING in states:
+            if (
+                strategy == "per-trial"
+                and optuna.trial.TrialState.COMPLETE in states
+                and optuna.trial.TrialState.RUNNING in states
+            ):
                 break  # a trial has finished and the next one runs
-            if strategy == "shared" and optuna.trial.TrialState.RUNNING in states and any(t.intermediate_values for t in trials):
+            if (
+                strategy == "shared"
+                and optuna.trial.TrialState.RUNNING in states
+                and any(t.intermediate_values for t in trials)
+            ):
                 break  # the shared training has evaluated every configuration at least once
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert "rank" in err and "running" not in err  # the leaderboard so far, on stderr with the other human output
+    assert (
+        "rank" in err and "running" not in err
+    )  # the leaderboard so far, on stderr with the other human output
     study = optuna.load_study(study_name="models-build", storage=url)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     interrupted = [t for t in study.trials if t.user_attrs.get("fail_reason") == "interrupted"]
     assert len(interrupted) == (1 if strategy == "per-trial" else 16)
-    rerun = bln_search_command("run", "--model", model, "--epochs", "2", "-q", "--pruner", "none", "--strategy", strategy, cwd=tmp_path)
+    rerun = bln_search_command(
+        "run",
+        "--model",
+        model,
+        "--epochs",
+        "2",
+        "-q",
+        "--pruner",
+        "none",
+        "--strategy",
+        strategy,
+        cwd=tmp_path,
+    )
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="models-build", storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bln_search.engine import config_of
+from bln_search.trials import config_of
 from tests.fixtures import models
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,9 @@ def postgres_url():
     url = os.environ.get("BLN_SEARCH_POSTGRES_URL")
     if not url:
         if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but BLN_SEARCH_POSTGRES_URL is not set: .ci/run must start PostgreSQL")
+            pytest.fail(
+                "CI=true but BLN_SEARCH_POSTGRES_URL is not set: .ci/run must start PostgreSQL"
+            )
         pytest.skip('no PostgreSQL server: eval "$(.ci/postgres start)" starts one (CI does)')
     return url
 
@@ -48,8 +50,19 @@ def unique(prefix: str) -> str:
 def start_worker(storage: str, study: str, *args: str, cwd: Path) -> subprocess.Popen:
     """A `bln-search run` process; the storage URL goes in the environment, as for real users."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BLN_SEARCH_STORAGE": storage}
-    command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:build", "--study", study, "-q", *args]
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    command = [
+        str(BIN / "bln-search"),
+        "run",
+        "--model",
+        f"{FIX}:build",
+        "--study",
+        study,
+        "-q",
+        *args,
+    ]
+    return subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
@@ -74,24 +87,51 @@ def wait_for(study_name: str, storage: str, condition, timeout: float = 180):
 def assert_each_configuration_complete_once(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     complete = [t for t in study.trials if t.state == COMPLETE]
     configs = [config_of(t) for t in complete]
-    details = [(t.number, t.state.name, config_of(t) and config_of(t).label, t.user_attrs.get("worker"), t.user_attrs.get("training"),
-                t.system_attrs.get("failed_trial"), str(t.datetime_start), str(t.datetime_complete)) for t in study.trials]
+    details = [
+        (
+            t.number,
+            t.state.name,
+            config_of(t) and config_of(t).label,
+            t.user_attrs.get("worker"),
+            t.user_attrs.get("training"),
+            t.system_attrs.get("failed_trial"),
+            str(t.datetime_start),
+            str(t.datetime_complete),
+        )
+        for t in study.trials
+    ]
     assert len(configs) == len(set(configs)) == 16, "\n".join(map(str, details))
     assert not study.get_trials(states=(RUNNING, optuna.trial.TrialState.WAITING))
     return complete
 
 
-def test_three_workers_started_at_different_times_run_every_configuration_exactly_once(postgres_url, tmp_path):
+def test_three_workers_started_at_different_times_run_every_configuration_exactly_once(
+    postgres_url, tmp_path
+):
     name = unique("three")
     workers = []
     for _ in range(3):
-        workers.append(start_worker(postgres_url, name, "--strategy", "per-trial", "--epochs", "30", "--pruner", "none", cwd=tmp_path))
+        workers.append(
+            start_worker(
+                postgres_url,
+                name,
+                "--strategy",
+                "per-trial",
+                "--epochs",
+                "30",
+                "--pruner",
+                "none",
+                cwd=tmp_path,
+            )
+        )
         time.sleep(2)
     for process in workers:
         finish(process)
     study = optuna.load_study(study_name=name, storage=postgres_url)
     complete = assert_each_configuration_complete_once(study)
-    assert len({t.user_attrs["worker"] for t in complete}) >= 2  # the work was shared, not done by one
+    assert (
+        len({t.user_attrs["worker"] for t in complete}) >= 2
+    )  # the work was shared, not done by one
 
 
 def test_the_workers_option_splits_a_shared_grid(postgres_url, tmp_path):
@@ -102,20 +142,38 @@ def test_the_workers_option_splits_a_shared_grid(postgres_url, tmp_path):
     complete = assert_each_configuration_complete_once(study)
     assert "Traceback" not in err
     sizes = Counter(t.user_attrs["training"] for t in complete)
-    assert max(sizes.values()) <= 6 and len(sizes) >= 3  # an even share each: 16 configurations, 3 workers
+    assert (
+        max(sizes.values()) <= 6 and len(sizes) >= 3
+    )  # an even share each: 16 configurations, 3 workers
 
 
 @pytest.mark.parametrize("strategy", ["per-trial", "shared"])
-def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(postgres_url, tmp_path, strategy):
+def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(
+    postgres_url, tmp_path, strategy
+):
     name = unique("kill")
-    args = ["--strategy", strategy, "--epochs", "30" if strategy == "per-trial" else "400", "--pruner", "none", "--heartbeat", "1"]
+    args = [
+        "--strategy",
+        strategy,
+        "--epochs",
+        "30" if strategy == "per-trial" else "400",
+        "--pruner",
+        "none",
+        "--heartbeat",
+        "1",
+    ]
     if strategy == "shared":
-        args += ["--configs-per-training", "8"]  # two trainings: kill the second, the first must survive
+        args += [
+            "--configs-per-training",
+            "8",
+        ]  # two trainings: kill the second, the first must survive
     victim = start_worker(postgres_url, name, *args, cwd=tmp_path)
 
     def mid_trial(trials):
         done = sum(t.state == COMPLETE for t in trials)
-        return done >= (2 if strategy == "per-trial" else 8) and any(t.state == RUNNING and t.intermediate_values for t in trials)
+        return done >= (2 if strategy == "per-trial" else 8) and any(
+            t.state == RUNNING and t.intermediate_values for t in trials
+        )
 
     wait_for(name, postgres_url, mid_trial)
     victim.send_signal(signal.SIGKILL)
@@ -142,7 +200,11 @@ def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(postg
 def test_sigint_on_a_postgres_study_stops_cleanly_and_a_rerun_completes(postgres_url, tmp_path):
     name = unique("sigint")
     process = start_worker(postgres_url, name, "--epochs", "400", "--pruner", "none", cwd=tmp_path)
-    wait_for(name, postgres_url, lambda trials: any(t.state == RUNNING and t.intermediate_values for t in trials))
+    wait_for(
+        name,
+        postgres_url,
+        lambda trials: any(t.state == RUNNING and t.intermediate_values for t in trials),
+    )
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
@@ -150,9 +212,13 @@ def test_sigint_on_a_postgres_study_stops_cleanly_and_a_rerun_completes(postgres
     study = optuna.load_study(study_name=name, storage=postgres_url)
     assert not study.get_trials(states=(RUNNING,))
     stopped = study.get_trials(states=(FAIL,))
-    assert len(stopped) == 16 and {t.user_attrs.get("fail_reason") for t in stopped} == {"interrupted"}
+    assert len(stopped) == 16 and {t.user_attrs.get("fail_reason") for t in stopped} == {
+        "interrupted"
+    }
     finish(start_worker(postgres_url, name, "--epochs", "2", "--pruner", "none", cwd=tmp_path))
-    assert_each_configuration_complete_once(optuna.load_study(study_name=name, storage=postgres_url))
+    assert_each_configuration_complete_once(
+        optuna.load_study(study_name=name, storage=postgres_url)
+    )
 
 
 def test_the_storage_password_is_never_printed(postgres_url, tmp_path):
@@ -165,10 +231,27 @@ def test_the_storage_password_is_never_printed(postgres_url, tmp_path):
     env.pop("BLN_SEARCH_STORAGE", None)
 
     def command(*args):
-        return subprocess.run([str(BIN / "bln-search"), *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+        return subprocess.run(
+            [str(BIN / "bln-search"), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
 
     results = [
-        command("run", "--model", f"{FIX}:build", "--epochs", "1", "--storage", postgres_url, "--study", name),
+        command(
+            "run",
+            "--model",
+            f"{FIX}:build",
+            "--epochs",
+            "1",
+            "--storage",
+            postgres_url,
+            "--study",
+            name,
+        ),
         command("leaderboard", "--storage", postgres_url, "--study", name),
         command("leaderboard", "--storage", postgres_url, "--study", name, "--format", "json"),
         command("studies", "--storage", postgres_url),
@@ -178,8 +261,12 @@ def test_the_storage_password_is_never_printed(postgres_url, tmp_path):
     assert [r.returncode for r in results] == [0, 0, 0, 0, 0, 1]
     wrong = postgres_url.replace(password, "wrong-password-1234")
     refused = command("leaderboard", "--storage", wrong, "--study", name)
-    assert refused.returncode == 1 and refused.stderr.startswith("error:") and "***" in refused.stderr
-    outputs = [r.stdout + r.stderr for r in [*results, refused]] + [(tmp_path / "best.json").read_text()]
+    assert (
+        refused.returncode == 1 and refused.stderr.startswith("error:") and "***" in refused.stderr
+    )
+    outputs = [r.stdout + r.stderr for r in [*results, refused]] + [
+        (tmp_path / "best.json").read_text()
+    ]
     for text in outputs:
         assert password not in text and "wrong-password-1234" not in text
 
@@ -188,8 +275,26 @@ def test_workers_on_the_default_sqlite_file_share_the_grid(tmp_path):
     """No server needed: local workers share an SQLite file in write-ahead-log mode."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("BLN_SEARCH_STORAGE", None)
-    command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:build", "-q", "--workers", "3", "--strategy", "per-trial", "--epochs", "20", "--pruner", "none"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    command = [
+        str(BIN / "bln-search"),
+        "run",
+        "--model",
+        f"{FIX}:build",
+        "-q",
+        "--workers",
+        "3",
+        "--strategy",
+        "per-trial",
+        "--epochs",
+        "20",
+        "--pruner",
+        "none",
+    ]
+    result = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr
-    study = optuna.load_study(study_name="models-build", storage=f"sqlite:///{tmp_path / 'bln-search.db'}")
+    study = optuna.load_study(
+        study_name="models-build", storage=f"sqlite:///{tmp_path / 'bln-search.db'}"
+    )
     assert_each_configuration_complete_once(study)

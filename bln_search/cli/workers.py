@@ -1,10 +1,11 @@
 """Local worker processes for `bln-search run --workers N`.
 
 The process the user started is worker 1 (with the live display); it starts the
-other N - 1 as plain `bln-search run --quiet` processes on the same study once
-its own preflight check has passed and the study exists, so bad input fails
-once, in the foreground. The storage URL travels in the environment
-(`BLN_SEARCH_STORAGE`), never on a command line that `ps` would show.
+other N - 1 as quiet `bln-search worker` processes on the same study once its
+own preflight check has passed and the study exists, so bad input fails once,
+in the foreground. The settings travel as one JSON record and the storage URL
+in the environment (`BLN_SEARCH_STORAGE`), never on a command line that `ps`
+would show.
 """
 
 from __future__ import annotations
@@ -29,19 +30,26 @@ class WorkerExit:
 class WorkerPool:
     """Background `bln-search run` processes that share the foreground worker's study."""
 
-    def __init__(self, arguments: list[str], storage_url: str, count: int):
-        self.arguments = arguments
+    def __init__(self, environment: dict[str, str], storage_url: str, count: int):
+        self.environment = environment
         self.storage_url = storage_url
         self.count = count
         self.processes: list[tuple[subprocess.Popen, object]] = []
 
     def start(self) -> None:
-        env = {**os.environ, STORAGE_ENV: self.storage_url, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {
+            **os.environ,
+            **self.environment,
+            STORAGE_ENV: self.storage_url,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
         for _ in range(self.count):
             log = tempfile.TemporaryFile(mode="w+")
-            command = [sys.executable, "-m", "bln_search.cli", "run", *self.arguments]
+            command = [sys.executable, "-m", "bln_search.cli", "worker"]
             # Own process group: a terminal's Ctrl-C reaches the foreground worker, which stops these.
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True
+            )
             self.processes.append((process, log))
 
     def interrupt(self) -> None:

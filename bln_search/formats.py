@@ -1,16 +1,27 @@
-"""Turning leaderboard DataFrames into terminal tables, CSV, JSON or Markdown."""
+"""Turning leaderboard DataFrames into terminal tables, CSV, JSON or Markdown.
+
+pandas is imported inside the functions, so the CLI can list `FORMATS` instantly.
+"""
 
 from __future__ import annotations
 
 import math
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from bln_search.config import FLAG_NAMES
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 FORMATS = ("table", "csv", "json", "markdown")
 
-_STATE_STYLE = {"complete": "green", "pruned": "yellow", "failed": "red", "fail": "red", "running": "cyan"}
+_STATE_STYLE = {
+    "complete": "green",
+    "pruned": "yellow",
+    "failed": "red",
+    "fail": "red",
+    "running": "cyan",
+}
 
 
 def to_text(frame: pd.DataFrame, fmt: str) -> str:
@@ -25,6 +36,8 @@ def to_text(frame: pd.DataFrame, fmt: str) -> str:
 
 
 def _cell(value, column) -> str:
+    import pandas as pd
+
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
@@ -32,8 +45,20 @@ def _cell(value, column) -> str:
     return str(value)
 
 
-_HEADERS = {"best_epoch": "best ep.", "epochs": "epochs", "duration_s": "time (s)", "vs_winner": "vs winner", "p_value": "p"}
-_VERDICT_STYLE = {"winner": "bold green", "tie": "yellow", "worse": "dim", "better": "magenta", "n/a": "dim"}
+_HEADERS = {
+    "best_epoch": "best ep.",
+    "epochs": "epochs",
+    "duration_s": "time (s)",
+    "vs_winner": "vs winner",
+    "p_value": "p",
+}
+_VERDICT_STYLE = {
+    "winner": "bold green",
+    "tie": "yellow",
+    "worse": "dim",
+    "better": "magenta",
+    "n/a": "dim",
+}
 _HIDDEN = {*FLAG_NAMES, "model", "batch_size"}
 
 
@@ -46,6 +71,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
     normalization there instead. With several seeds the metric reads
     `mean ± std`.
     """
+    import pandas as pd
     from rich.table import Table
 
     from bln_search.config import StatisticsConfig
@@ -62,7 +88,11 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
     else:  # room for mean ± std and the verdict; the rest is in --format csv/json
         shown = [c for c in shown if c not in ("epochs", "trial", "duration_s")]
     for column in shown:
-        table.add_column(_HEADERS.get(column, column), justify="left" if column in ("state", "vs_winner") else "right", no_wrap=True)
+        table.add_column(
+            _HEADERS.get(column, column),
+            justify="left" if column in ("state", "vs_winner") else "right",
+            no_wrap=True,
+        )
         if column == "rank":
             table.add_column("statistics", justify="center", no_wrap=True)
     for _, row in frame.iterrows():
@@ -70,7 +100,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
         if model != "BLN" and pd.notna(model):
             label = f"[magenta]{model}[/]"
         elif set(FLAG_NAMES) <= set(frame.columns):
-            label = f"[cyan]{StatisticsConfig(*(bool(row[f]) for f in FLAG_NAMES)).label}[/]"
+            label = f"[cyan]{StatisticsConfig.from_row(row).label}[/]"
         else:
             label = ""
         cells = []
@@ -79,8 +109,14 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
             if column == "state":
                 cells.append(f"[{_STATE_STYLE.get(str(value), 'white')}]{value}[/]")
             elif column == "vs_winner":
-                cells.append(f"[{_VERDICT_STYLE.get(str(value), 'white')}]{value}[/]" if value else "")
-            elif f"{column}_std" in frame.columns and several_seeds and pd.notna(row[f"{column}_std"]):
+                cells.append(
+                    f"[{_VERDICT_STYLE.get(str(value), 'white')}]{value}[/]" if value else ""
+                )
+            elif (
+                f"{column}_std" in frame.columns
+                and several_seeds
+                and pd.notna(row[f"{column}_std"])
+            ):
                 cells.append(f"{_cell(value, column)} ± {_cell(row[f'{column}_std'], column)}")
             elif column == "p_value":
                 cells.append("" if pd.isna(value) else f"{value:.3f}")

@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import optuna
 
-from bln_search.baselines import BASELINES, SHORT_NAMES
+from bln_search.baselines import BASELINES, get
 from bln_search.config import StatisticsConfig
-from bln_search.engine import SearchObserver, Unit
+from bln_search.observer import SearchObserver
+from bln_search.trials import (
+    ATTR_BASELINE,
+    ATTR_FAIL_MESSAGE,
+    ATTR_FAIL_REASON,
+    COMPLETE,
+    FAIL,
+    NON_FINITE,
+    TrainingSetup,
+    is_duplicate,
+)
 
 
 class LiveProgress(SearchObserver):
     """Trial i of n, the running configuration, its epoch and metric, and the best so far."""
 
     def __init__(self, console, metric: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
         from rich.table import Column
 
         self.metric = metric
@@ -23,7 +39,10 @@ class LiveProgress(SearchObserver):
             MofNCompleteColumn(table_column=Column(no_wrap=True)),
             TimeElapsedColumn(table_column=Column(no_wrap=True)),
             # On a narrow terminal the status gives way, not the trial count or the time.
-            TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            TextColumn(
+                "{task.fields[status]}",
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+            ),
             console=console,
             transient=False,
         )
@@ -46,21 +65,35 @@ class LiveProgress(SearchObserver):
 
     def _refresh(self) -> int:
         """Finished trials and the best BLN value so far, read from the storage: other workers count too."""
-        done = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.user_attrs.get("fail_reason") != "duplicate"]
-        complete = [t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE and "baseline" not in t.user_attrs]
+        done = [
+            t
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state.is_finished() and not is_duplicate(t)
+        ]
+        complete = [
+            t.value for t in done if t.state == COMPLETE and ATTR_BASELINE not in t.user_attrs
+        ]
         if complete:
             self.best = min(complete) if self.direction == "minimize" else max(complete)
-        finished = sum(t.state != optuna.trial.TrialState.FAIL or t.user_attrs.get("fail_reason") == "non_finite_loss" for t in done)
+        finished = sum(
+            t.state != FAIL or t.user_attrs.get(ATTR_FAIL_REASON) == NON_FINITE for t in done
+        )
         return min(finished, self.planned or finished)
 
     def on_search_start(self, study: optuna.Study, planned: int | None) -> None:
         self.study, self.planned = study, planned
         self.direction = study.direction.name.lower()
-        self.task = self.progress.add_task("search", total=planned, completed=self._refresh(), status=self._status())
+        self.task = self.progress.add_task(
+            "search", total=planned, completed=self._refresh(), status=self._status()
+        )
 
-    def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
-        what = f"{SHORT_NAMES[unit.variant]} baseline" if unit.is_baseline else f"{len(configs)} configs"
-        self.current = f"seed {unit.seed} bs {unit.batch_size} [cyan]{what}[/]"
+    def on_training_start(self, setup: TrainingSetup, configs: list[StatisticsConfig]) -> None:
+        what = (
+            f"{get(setup.variant).short} baseline"
+            if setup.is_baseline
+            else f"{len(configs)} configs"
+        )
+        self.current = f"seed {setup.seed} bs {setup.batch_size} [cyan]{what}[/]"
         self.shared_epoch = 0
         self.progress.update(self.task, status=self._status("starting"))
 
@@ -71,13 +104,17 @@ class LiveProgress(SearchObserver):
 
     def on_epoch_end(self, number: int, epoch: int, epochs: int, value: float) -> None:
         if self.shared_epoch is None:
-            self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}"))
+            self.progress.update(
+                self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}")
+            )
         elif epoch != self.shared_epoch:
             self.shared_epoch = epoch
             self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs}"))
 
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
-        self.progress.update(self.task, completed=self._refresh(), status=self._status(trial.state.name.lower()))
+        self.progress.update(
+            self.task, completed=self._refresh(), status=self._status(trial.state.name.lower())
+        )
 
 
 class LogProgress(SearchObserver):
@@ -94,10 +131,14 @@ class LogProgress(SearchObserver):
     def __exit__(self, *exc):
         return None
 
-    def on_training_start(self, unit: Unit, configs: list[StatisticsConfig]) -> None:
-        what = f"{BASELINES[unit.variant]} baseline" if unit.is_baseline else f"{len(configs)} configurations evaluated after every epoch"
+    def on_training_start(self, setup: TrainingSetup, configs: list[StatisticsConfig]) -> None:
+        what = (
+            f"{get(setup.variant).label} baseline"
+            if setup.is_baseline
+            else f"{len(configs)} configurations evaluated after every epoch"
+        )
         self.console.print(
-            f"shared training (seed {unit.seed}, batch size {unit.batch_size}): {what}",
+            f"shared training (seed {setup.seed}, batch size {setup.batch_size}): {what}",
             highlight=False,
             markup=False,
         )
@@ -108,6 +149,11 @@ class LogProgress(SearchObserver):
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
         config = self.configs.get(trial.number)
         value = "" if trial.value is None else f" {self.metric}={trial.value:.4f}"
-        reason = trial.user_attrs.get("fail_message", "")
-        label = config.label if config else BASELINES.get(trial.user_attrs.get("baseline"), "-")
-        self.console.print(f"trial {trial.number} [{label}] {trial.state.name.lower()}{value} {reason}".rstrip(), highlight=False, markup=False)
+        reason = trial.user_attrs.get(ATTR_FAIL_MESSAGE, "")
+        baseline = BASELINES.get(trial.user_attrs.get(ATTR_BASELINE))
+        label = config.label if config else (baseline.label if baseline else "-")
+        self.console.print(
+            f"trial {trial.number} [{label}] {trial.state.name.lower()}{value} {reason}".rstrip(),
+            highlight=False,
+            markup=False,
+        )

@@ -1,0 +1,220 @@
+"""The Typer app, its shared options, and the one handler that turns errors into one red line.
+
+Nothing heavy is imported here, so `bln-search --help` is instant; TensorFlow
+loads only inside the commands that train.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+import typer.core
+
+
+def _flags_show_no_type(option: typer.core.TyperOption, ctx) -> str | None:
+    """Typer shows `<bool>` after on/off flags, which reads as if they took a value: show nothing."""
+    if option.is_flag:
+        return None
+    return _display_type_rich(option, ctx)
+
+
+_display_type_rich = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flags_show_no_type
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from bln_search import __version__
+
+        print(f"bln-search {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    name="bln-search",
+    help="Find the best statistics configuration of Batch Layer Normalization for a Keras model.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+):
+    """Find the best statistics configuration of Batch Layer Normalization for a Keras model."""
+    _state["debug"] = debug
+
+
+def choices(name: str, names) -> type[Enum]:
+    """A Typer choice type from a registry's names, so the CLI never repeats a list."""
+    return Enum(name, {n.replace("-", "_"): n for n in names}, type=str)
+
+
+# Options every command that reads a study shares, declared once.
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="BLN_SEARCH_STORAGE",
+        show_envvar=True,
+        help=(
+            "Optuna storage URL, e.g. postgresql://user:pass@host/db (the environment variable "
+            "keeps a password out of your shell history). Default: sqlite:///bln-search.db in the"
+            " working directory."
+        ),
+    ),
+]
+StudyOption = Annotated[
+    str | None, typer.Option(help="Study name (optional when the storage holds one study).")
+]
+
+# The Python API names its parameters in backticks; people at a terminal know the flags.
+_FLAGS = {
+    "study_name": "--study",
+    "strategy": "--strategy",
+    "configs_per_training": "--configs-per-training",
+    "n_trials": "--trials",
+    "direction": "--direction",
+    "output": "--output",
+    "batch_size": "--batch-size",
+    "metric": "--metric",
+    "sampler": "--sampler",
+    "pruner": "--pruner",
+    "baselines": "--baselines",
+}
+
+
+def in_flags(message: str) -> str:
+    """`message` with the API's `parameter` names replaced by this CLI's flags."""
+    return re.sub(r"`(\w+)`", lambda m: _FLAGS.get(m[1], m[0]), message)
+
+
+def console(stderr: bool = False):
+    """A rich Console; 120 columns instead of rich's 80 when writing to a file or pipe (logs, CI)."""
+    from rich.console import Console
+
+    made = Console(stderr=stderr)
+    if not made.is_terminal and "COLUMNS" not in os.environ:
+        made = Console(stderr=stderr, width=120)
+    return made
+
+
+def stderr():
+    return console(stderr=True)
+
+
+def error_line(message: str) -> None:
+    from rich.markup import escape
+
+    from bln_search.storage import mask_url
+
+    stderr().print(
+        f"[bold red]error:[/] {escape(mask_url(message))}", highlight=False, soft_wrap=True
+    )
+
+
+def handles_errors(command):
+    """Expected failures -> one red line on stderr and their exit code; tracebacks only with --debug."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from bln_search.errors import BLNSearchError
+
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BLNSearchError as error:
+            if _state["debug"]:
+                raise
+            error_line(in_flags(str(error)))
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            error_line("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as error:  # a bug or an unforeseen library error: still one line
+            if _state["debug"]:
+                raise
+            from bln_search.errors import first_line
+
+            error_line(
+                f"unexpected {type(error).__name__}: {first_line(error)} (run with --debug for"
+                f" the traceback)"
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 closed off.
+
+    TensorFlow 2.21's native libraries print absl/oneDNN banners at import that
+    no environment variable silences; they would break the one-line contract.
+    """
+    if "tensorflow" in sys.modules or _state["debug"]:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def quiet_libraries(tensorflow: bool = False) -> None:
+    """TensorFlow's C++ logs and Optuna's per-trial INFO lines would drown the display."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if tensorflow:
+        import_tensorflow_quietly()
+    import logging
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(
+        optuna.logging.ERROR
+    )  # failed trials are reported by bln-search itself
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="keras")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def open_study(storage: str | None, study: str | None):
+    """The study a read-only command shows: named, or the storage's only one."""
+    from bln_search.errors import StorageError
+    from bln_search.storage import list_studies, load_existing_study, open_storage
+
+    store = open_storage(storage, heartbeat_seconds=None)
+    if not study:
+        names = sorted(s.study_name for s in list_studies(store))
+        if not names:
+            raise StorageError("this storage has no studies; run `bln-search run` first")
+        if len(names) > 1:
+            raise StorageError(
+                f"this storage has {len(names)} studies, pass --study (one of: {', '.join(names)})"
+            )
+        study = names[0]
+    return load_existing_study(store, study)

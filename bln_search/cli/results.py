@@ -1,0 +1,146 @@
+"""The commands that read a study: `leaderboard`, `studies`, `export`, `report`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bln_search.cli._app import (
+    StorageOption,
+    StudyOption,
+    app,
+    choices,
+    console,
+    handles_errors,
+    open_study,
+    quiet_libraries,
+    stderr,
+)
+from bln_search.formats import FORMATS
+
+Format = choices("Format", FORMATS)
+
+
+def print_leaderboard(study, fmt: str = "table", to=None) -> None:
+    """One table per batch size for people; one frame (with a batch_size column) for machines."""
+    from bln_search.formats import rich_table, to_text
+    from bln_search.results import leaderboard, study_metric
+
+    frame = leaderboard(study)
+    if fmt != "table":
+        sys.stdout.write(to_text(frame, fmt))
+        return
+    to = to or console()
+    metric, direction = study_metric(study)
+    groups = list(frame.groupby("batch_size", sort=True)) if not frame.empty else [(None, frame)]
+    for batch_size, group in groups:
+        size = f", batch size {batch_size}" if batch_size is not None else ""
+        title = f"{study.study_name}{size}: {len(group)} candidates by {metric} ({direction})"
+        to.print(rich_table(group, title=title))
+
+
+@app.command()
+@handles_errors
+def leaderboard(
+    study: StudyOption = None,
+    storage: StorageOption = None,
+    format: Annotated[
+        Format,
+        typer.Option(
+            "--format", "-f", help="table for people; csv, json, markdown go to stdout alone."
+        ),
+    ] = "table",
+):
+    """Show one row per configuration, best first."""
+    quiet_libraries()
+    print_leaderboard(open_study(storage, study), Format(format).value)
+
+
+@app.command()
+@handles_errors
+def studies(storage: StorageOption = None):
+    """List the studies in a storage."""
+    quiet_libraries()
+    from rich.table import Table
+
+    from bln_search.storage import list_studies, open_storage
+
+    summaries = list_studies(open_storage(storage, heartbeat_seconds=None))
+    table = Table(title="studies")
+    for column in ("study", "trials", "direction", "metric", "started"):
+        table.add_column(column)
+    for summary in sorted(summaries, key=lambda s: s.study_name):
+        started = (
+            summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "–"
+        )
+        table.add_row(
+            summary.study_name,
+            str(summary.n_trials),
+            summary.direction.name.lower(),
+            str(summary.user_attrs.get("metric", "–")),
+            started,
+        )
+    console().print(table)
+
+
+@app.command()
+@handles_errors
+def export(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the JSON document; - for stdout.")
+    ] = Path("best.json"),
+    study: StudyOption = None,
+    storage: StorageOption = None,
+):
+    """Write the best configuration as a versioned JSON document (read back by `train` and `bln_search.load_config`)."""
+    import json
+
+    quiet_libraries()
+    from bln_search.results import export_document
+
+    document = export_document(open_study(storage, study))
+    text = json.dumps(document, indent=2) + "\n"
+    if str(output) == "-":
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        stderr().print(
+            (
+                f"wrote {output}: {document['config']} ({document['metric']['name']} "
+                f"{document['metric']['value']:.4f})"
+            ),
+            highlight=False,
+        )
+
+
+@app.command()
+@handles_errors
+def report(
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="The HTML page to write (self-contained, works offline)."
+        ),
+    ] = Path("report.html"),
+    study: StudyOption = None,
+    storage: StorageOption = None,
+    png: Annotated[
+        bool,
+        typer.Option(
+            "--png",
+            help="Also write the figures as PNG files next to the page, for the terminal crowd.",
+        ),
+    ] = False,
+):
+    """Validation curves, the flags' importance and the per-batch-size winners, as HTML (and PNG)."""
+    quiet_libraries()
+    from bln_search.report import write_html, write_pngs
+
+    found = open_study(storage, study)
+    written = [write_html(found, output)]
+    if png:
+        written += write_pngs(found, output)
+    stderr().print("wrote " + ", ".join(str(path) for path in written), highlight=False)

@@ -1,0 +1,331 @@
+"""`bln_search.search`: train a model factory under BLN statistics configurations through Optuna.
+
+Plain Python, no Typer or rich: the CLI wraps `search`, a notebook can call it
+directly::
+
+    import bln_search
+    study = bln_search.search(build, data, study_name="digits", epochs=3)
+    print(bln_search.leaderboard(study))
+
+Policy lives here, so the Python API and the CLI behave alike: the direction
+inferred from the metric, the automatic strategy and pruner, the workers'
+share of a grid, and the test-data evaluation of the winners.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+
+from bln_search.baselines import BASELINES, BLN
+from bln_search.baselines import get as get_baseline
+from bln_search.errors import (
+    BLNSearchError,
+    MetricNotReported,
+    SearchFailed,
+    SearchInterrupted,
+    StorageError,
+    UsageError,
+    UserCodeError,
+    first_line,
+)
+from bln_search.loading import Data, build_model, check_data_fits_model, takes_trial
+from bln_search.observer import Forwarding, SearchObserver
+from bln_search.pruning import AUTO as AUTO_PRUNER
+from bln_search.pruning import make_pruner
+from bln_search.sources import GridSource, SamplerSource, TrialSource
+from bln_search.storage import open_storage
+from bln_search.strategies import choose as choose_strategy
+from bln_search.strategies._base import TrainingSettings
+from bln_search.trials import ATTR_FAIL_MESSAGE, FAIL, STUDY_METRIC, TrainingSetup, is_duplicate
+
+__all__ = ["infer_direction", "search", "worker_share"]
+
+_MINIMIZE_HINTS = (
+    "loss",
+    "error",
+    "mse",
+    "mae",
+    "mape",
+    "crossentropy",
+    "hinge",
+    "divergence",
+    "kld",
+)
+_MAXIMIZE_HINTS = ("acc", "auc", "precision", "recall", "f1", "iou", "r2")
+
+
+def infer_direction(metric: str) -> str:
+    """`"minimize"` for loss/error-like metric names, `"maximize"` for accuracy-like ones."""
+    name = metric.lower().removeprefix("val_")
+    if any(hint in name for hint in _MINIMIZE_HINTS):
+        return "minimize"
+    if any(hint in name for hint in _MAXIMIZE_HINTS):
+        return "maximize"
+    raise UsageError(
+        f"cannot tell whether {metric!r} should be minimized or maximized: pass a `direction`"
+    )
+
+
+def worker_share(setups: int, workers: int, candidates: int = 16) -> int | None:
+    """Configurations per shared training so that `workers` local workers split the grid evenly.
+
+    None (a whole setup per training) when there are at least as many setups as workers.
+    """
+    if workers <= 1 or setups >= workers:
+        return None
+    return -(-candidates * setups // workers)
+
+
+def preflight(
+    model_factory: Callable[..., Any], data: Data, settings: TrainingSettings, setup: TrainingSetup
+):
+    """Builds the model once and evaluates a batch, so bad input fails before the study is touched.
+
+    Returns the model, built under `setup.seed` exactly as a training would
+    build it, so the first shared training can start from it instead of
+    building and compiling its evaluation again.
+    """
+    import keras
+
+    keras.utils.set_random_seed(setup.seed)
+    trial = (
+        optuna.create_study(sampler=optuna.samplers.RandomSampler(setup.seed)).ask()
+        if takes_trial(model_factory)
+        else None
+    )
+    model = build_model(model_factory, trial)
+    check_data_fits_model(data, model)
+    try:
+        if data.is_dataset:
+            logs = model.evaluate(data.validation.take(1), verbose=0, return_dict=True)
+        else:
+            x, y = data.validation
+            logs = model.evaluate(
+                x[: setup.batch_size], y[: setup.batch_size], verbose=0, return_dict=True
+            )
+    except Exception as error:
+        message = first_line(error) or type(error).__name__
+        raise UserCodeError(f"the model cannot evaluate the validation data: {message}") from None
+    names = {f"val_{name}" for name in logs} | set(logs)
+    if settings.metric not in names:
+        raise MetricNotReported(settings.metric, names)
+    return model
+
+
+def _create_or_load_study(
+    storage, study_name, settings, sampler, pruner, source: TrialSource, attrs
+) -> optuna.Study:
+    """Creates the study (storing `attrs` on it) or loads and checks it; then lets the source prepare it."""
+    try:
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            direction=settings.direction,
+            sampler=sampler,
+            pruner=pruner,
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+        )
+        created = False
+        _check_compatible(study, settings)
+        for key in (
+            "seeds",
+            "batch_sizes",
+            "baselines",
+        ):  # a resume may add seeds, batch sizes or baselines
+            known = study.user_attrs.get(key)
+            if isinstance(known, list) and not set(attrs.get(key, [])) <= set(known):
+                study.set_user_attr(key, sorted(set(known) | set(attrs[key])))
+    if created:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+    source.prepare(study, created)
+    return study
+
+
+def _check_compatible(study: optuna.Study, settings: TrainingSettings) -> None:
+    stored = study.user_attrs.get(STUDY_METRIC)
+    direction = study.direction.name.lower()
+    if stored is not None and (stored != settings.metric or direction != settings.direction):
+        raise StorageError(
+            f"study {study.study_name!r} ranks by {stored} ({direction}); pass the same metric, "
+            f"or a new `study_name` to search by {settings.metric} ({settings.direction})"
+        )
+
+
+def search(
+    model_factory: Callable[..., Any],
+    data: Data,
+    *,
+    study_name: str,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    epochs: int = 5,
+    batch_size: int | Sequence[int] = 32,
+    metric: str = "val_loss",
+    direction: str | None = None,
+    seed: int = 0,
+    seeds: int = 1,
+    baselines: bool | Sequence[str] = False,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    n_trials: int | None = None,
+    pruner: optuna.pruners.BasePruner | str | None = None,
+    strategy: str = "auto",
+    configs_per_training: int | None = None,
+    workers: int = 1,
+    test_data=None,
+    observer: SearchObserver | None = None,
+    study_attrs: dict[str, Any] | None = None,
+) -> optuna.Study:
+    """Searches the 16 statistics configurations of the BLN layers in `model_factory()`'s model.
+
+    Args:
+        model_factory: Returns a compiled `keras.Model` with at least one
+            `BatchLayerNormalization`. A factory with a `trial` parameter gets
+            the Optuna trial, to suggest hyper-parameters of its own.
+        data: `bln_search.Data` (training and validation data).
+        study_name: The Optuna study; an existing one is resumed.
+        storage: An Optuna storage or database URL (default: `sqlite:///bln-search.db`).
+        epochs: Training epochs; every epoch's `metric` is one intermediate value.
+        batch_size: Training batch size (for arrays), or several: the grid then
+            runs once per batch size.
+        metric: A Keras log name, judged per epoch; a trial's value is its best epoch.
+        direction: `"minimize"`/`"maximize"`; inferred from `metric` when omitted.
+        seed, seeds: The grid runs every configuration under `seeds` seeds
+            `seed, seed + 1, ...`; a seed fixes weights and data order alike, so
+            configurations differ only in their flags.
+        baselines: `True` for all of `bln_search.baselines.BASELINES` (the
+            model with every BLN layer replaced by BatchNormalization,
+            LayerNormalization, or nothing), or a list of their names; each is
+            trained under every seed and batch size, and ranked alongside.
+        sampler: `None` for the grid: every configuration exactly once per seed
+            and batch size, also across resumes and workers. Otherwise any Optuna
+            sampler, with `n_trials`.
+        n_trials: The study's total trial budget for a sampler (resumes run the rest).
+        pruner: Any Optuna pruner, fed each epoch's `metric`; a name from
+            `bln_search.pruning.PRUNERS`; `"auto"` for the strategy's default
+            (median for per-trial, none for shared); `None` for none.
+        strategy: `"shared"` trains once per seed and batch size and evaluates
+            every configuration after each epoch; `"per-trial"` trains each
+            trial; `"auto"` picks shared unless the factory takes a `trial`.
+        configs_per_training: Shared strategy: at most this many configurations
+            per training, so that several workers can split one grid.
+        workers: How many local workers share this search (this one included):
+            without `configs_per_training`, each shared training then takes an
+            even share of the grid.
+        test_data: `(x, y)` or a dataset: after the search, each batch size's
+            winner is trained again and evaluated on it once; stored on the
+            study as `test`, never used to choose.
+        observer: Progress events (`SearchObserver`).
+        study_attrs: Extra user attributes stored on a new study (e.g. the model spec).
+
+    Returns:
+        The `optuna.Study`. Raises `SearchInterrupted` on Ctrl-C, `SearchFailed`
+        if every trial of this run failed.
+    """
+    grid = sampler is None
+    batch_sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
+    if not batch_sizes or any(b < 1 for b in batch_sizes) or seeds < 1:
+        raise UsageError("batch sizes and the number of seeds must be at least 1")
+    variants = [
+        BLN,
+        *(
+            BASELINES
+            if baselines is True
+            else [get_baseline(name).name for name in baselines or []]
+        ),
+    ]
+    setups = [
+        TrainingSetup(seed + i, b, v) for b in batch_sizes for i in range(seeds) for v in variants
+    ]
+    source = GridSource(setups) if grid else SamplerSource(setups, n_trials)
+    strategy_class = choose_strategy(strategy, model_factory)
+    if configs_per_training is not None and strategy_class.takes_trial_factory:
+        raise UsageError(
+            f"`configs_per_training` only applies to the shared strategy: "
+            f"{strategy_class.name} workers take one trial at a time"
+        )
+    if configs_per_training is None and strategy_class.name == "shared":
+        configs_per_training = worker_share(len(setups), workers)
+    if pruner == AUTO_PRUNER:
+        pruner = strategy_class.default_pruner
+    if isinstance(pruner, str):
+        pruner = make_pruner(pruner, epochs)
+    settings = TrainingSettings(epochs, metric, direction or infer_direction(metric))
+    if not isinstance(storage, optuna.storages.BaseStorage):
+        storage = open_storage(storage)
+    checked_model = preflight(model_factory, data, settings, setups[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Shared trainings ask and tell; their heartbeats are recorded by bln-search (storage.TrialHeartbeats).
+        warnings.filterwarnings(
+            "ignore", message="Heartbeat of storage is supposed to be used with Study.optimize"
+        )
+        attrs = {
+            STUDY_METRIC: settings.metric,
+            "epochs": settings.epochs,
+            "batch_size": setups[0].batch_size,
+            "seed": setups[0].seed,
+            "sampler": "grid" if grid else type(sampler).__name__,
+            "strategy": strategy_class.name,
+            "seeds": sorted({s.seed for s in setups}),
+            "batch_sizes": batch_sizes,
+            "baselines": variants[1:],
+            **(study_attrs or {}),
+        }
+        study = _create_or_load_study(
+            storage,
+            study_name,
+            settings,
+            sampler or optuna.samplers.RandomSampler(seed=seed),
+            pruner or optuna.pruners.NopPruner(),
+            source,
+            attrs,
+        )
+        outcomes = _Outcomes(observer)
+        outcomes.on_search_start(study, source.planned())
+        runner = strategy_class(
+            model_factory, data, settings, storage=storage, first_model=(setups[0], checked_model)
+        )
+        try:
+            runner.run(study, source, outcomes, limit=configs_per_training)
+        except (KeyboardInterrupt, BLNSearchError) as error:
+            source.recover(
+                study
+            )  # the stopped trials are FAIL now: queue their work again for whoever runs next
+            if isinstance(error, KeyboardInterrupt):
+                raise SearchInterrupted() from None
+            raise
+        outcomes.check()
+    if test_data is not None:
+        from bln_search.holdout import evaluate_winners
+
+        evaluate_winners(model_factory, data, test_data, study)
+    return study
+
+
+class _Outcomes(Forwarding):
+    """Forwards events to the user's observer and remembers how this run's trials ended."""
+
+    def __init__(self, observer: SearchObserver | None):
+        super().__init__(observer)
+        self.ended: list[optuna.trial.FrozenTrial] = []
+
+    def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
+        self.ended.append(trial)
+        super().on_trial_end(trial)
+
+    def check(self) -> None:
+        ran = [t for t in self.ended if not is_duplicate(t)]
+        if ran and all(t.state == FAIL for t in ran):
+            reasons = {t.user_attrs.get(ATTR_FAIL_MESSAGE, "failed") for t in ran}
+            raise SearchFailed(
+                f"all {len(ran)} trials failed ({'; '.join(sorted(reasons))[:200]}); check the"
+                f" learning rate and the data"
+            )

@@ -1,0 +1,154 @@
+"""What to try next: the grid or an Optuna sampler, as trial sources with one interface.
+
+A trial source decides which trials exist and when the work is finished (the
+"oracle", as KerasTuner calls it); a strategy (`bln_search.strategies`) runs
+what it hands out. `GridSource` queues every (configuration, setup) once per
+study and lets workers pop the queue; `SamplerSource` lets an Optuna sampler
+suggest configurations within a study-wide budget.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+
+from bln_search.errors import UsageError
+from bln_search.trials import (
+    ATTR_QUEUED,
+    RUNNING,
+    STUDY_GRID_READY,
+    WAITING,
+    TrainingSetup,
+    is_done,
+    setup_attrs,
+    setup_of,
+    work_status,
+)
+
+
+class TrialSource:
+    """Hands out the trials of one search; subclasses decide which and how many."""
+
+    is_grid = False
+
+    def __init__(self, setups: list[TrainingSetup]):
+        self.setups = setups
+
+    def prepare(self, study: optuna.Study, created: bool) -> None:
+        """Called once the study is created (`created`) or loaded."""
+
+    def planned(self) -> int:
+        """How many trials the whole search holds."""
+        raise NotImplementedError
+
+    def available(self, study: optuna.Study) -> int:
+        """How many trials a worker may take now (0: none)."""
+        raise NotImplementedError
+
+    def next_training(self, study: optuna.Study) -> int:
+        """How many trials the next shared training takes (they share one setup)."""
+        return self.available(study)
+
+    def wait_for_others(self, study: optuna.Study, poll: float) -> bool:
+        """With nothing available: True (after a pause) while other workers may still hand work back."""
+        return False
+
+    def setup_for(self, trial: optuna.Trial) -> TrainingSetup | None:
+        """The setup of a trial just asked for, or None when it carries no work (another worker was faster)."""
+        raise NotImplementedError
+
+    def recover(self, study: optuna.Study) -> None:
+        """After an interrupt or an error: make the stopped work available again."""
+
+
+class GridSource(TrialSource):
+    """Every configuration (or baseline) exactly once per setup, across workers and resumes."""
+
+    is_grid = True
+
+    def prepare(self, study: optuna.Study, created: bool) -> None:
+        if created:
+            for setup in self.setups:
+                for config in setup.candidates():
+                    self._enqueue(study, config, setup)
+            study.set_user_attr(STUDY_GRID_READY, True)
+        else:
+            self._wait_for_grid(study)
+        self.recover(study)
+
+    def planned(self) -> int:
+        return sum(len(setup.candidates()) for setup in self.setups)
+
+    def available(self, study: optuna.Study) -> int:
+        return len(study.get_trials(deepcopy=False, states=(WAITING,)))
+
+    def next_training(self, study: optuna.Study) -> int:
+        waiting = study.get_trials(deepcopy=False, states=(WAITING,))
+        if not waiting:
+            return 0
+        first = setup_of(waiting[0])
+        return sum(setup_of(t) == first for t in waiting)
+
+    def wait_for_others(self, study: optuna.Study, poll: float) -> bool:
+        """True while other workers (or a dead one, until its heartbeat lapses) hold trials of the grid."""
+        if work_status(study)[2] == 0:
+            return False
+        time.sleep(poll)
+        return True
+
+    def setup_for(self, trial: optuna.Trial) -> TrainingSetup | None:
+        # None: a fresh trial, because another worker took the last queued one between our look and our ask.
+        return setup_of(trial)
+
+    def recover(self, study: optuna.Study) -> None:
+        """Queues every (configuration, setup) that is neither done, waiting nor running."""
+        done, pending, _ = work_status(study)
+        for setup in self.setups:
+            for config in setup.candidates():
+                if (config, setup) not in done and (config, setup) not in pending:
+                    self._enqueue(study, config, setup)
+
+    @staticmethod
+    def _enqueue(study: optuna.Study, config, setup: TrainingSetup) -> None:
+        attrs = setup_attrs(setup)
+        if config is not None:
+            attrs[ATTR_QUEUED] = config.as_dict()
+        study.enqueue_trial(config.as_dict() if config else {}, user_attrs=attrs)
+
+    @staticmethod
+    def _wait_for_grid(study: optuna.Study, timeout: float = 60.0) -> None:
+        """A worker that loads a study its creator is still queueing waits for the queue."""
+        deadline = time.monotonic() + timeout
+        while not study.user_attrs.get(STUDY_GRID_READY):
+            if time.monotonic() > deadline:
+                return  # the creator died while queueing: `recover` queues the rest
+            time.sleep(0.5)
+
+
+class SamplerSource(TrialSource):
+    """An Optuna sampler's suggestions, up to `n_trials` finished or running trials in the study."""
+
+    def __init__(self, setups: list[TrainingSetup], n_trials: int):
+        if len(setups) > 1:
+            raise UsageError(
+                "several seeds, batch sizes or baselines need the grid (every configuration "
+                "per seed and batch size)"
+            )
+        if not n_trials:
+            raise UsageError("a sampler needs a trial budget (`n_trials`)")
+        super().__init__(setups)
+        self.n_trials = n_trials
+
+    def planned(self) -> int:
+        return self.n_trials
+
+    def available(self, study: optuna.Study) -> int:
+        trials = study.get_trials(deepcopy=False)
+        return self.n_trials - sum(is_done(t) or t.state == RUNNING for t in trials)
+
+    def setup_for(self, trial: optuna.Trial) -> TrainingSetup:
+        setup = self.setups[0]
+        for key, value in setup_attrs(setup).items():
+            trial.set_user_attr(key, value)
+        return setup

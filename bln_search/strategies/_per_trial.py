@@ -1,0 +1,130 @@
+"""One full training per trial: the general strategy, for any search space."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+
+from bln_search.errors import TrialFailed, failure_of
+from bln_search.interrupts import interrupt_checker
+from bln_search.observer import SearchObserver
+from bln_search.sources import TrialSource
+from bln_search.strategies._base import Strategy, training_logs_value
+from bln_search.trials import (
+    ATTR_STRATEGY,
+    ATTR_WORKER,
+    DUPLICATE,
+    WORKER,
+    Curve,
+    TrainingSetup,
+    record_failure,
+    suggest_config,
+    work_status,
+)
+
+
+class _NoWorkLeft(Exception):
+    """A grid worker asked for a trial after another worker took the last queued one."""
+
+
+class PerTrialStrategy(Strategy):
+    """Builds the model, sets the flags and fits with pruning, once per trial.
+
+    Works for any search space (the factory may suggest hyper-parameters from
+    the `trial` it receives), at the cost of one training per configuration.
+    Trials run through `Study.optimize`, so Optuna records their heartbeats.
+    """
+
+    name = "per-trial"
+    takes_trial_factory = True
+    default_pruner = "median"
+    help = "one training per trial"
+
+    def run(self, study, source, observer, limit=None) -> None:  # see Strategy.run
+        def objective(trial: optuna.Trial) -> float:
+            try:
+                return self._attempt(study, source, trial, observer)
+            except (KeyboardInterrupt, Exception) as error:
+                if isinstance(error, (optuna.TrialPruned, _NoWorkLeft)):
+                    raise
+                reason, message, raised = failure_of(error)
+                record_failure(trial, reason, message)
+                if raised is error:
+                    raise
+                raise raised from error
+
+        def on_trial_end(study, frozen):
+            observer.on_trial_end(frozen)
+
+        while True:
+            self._tick(study)
+            if source.available(study) <= 0:
+                if self._idle(study, source):
+                    continue
+                return
+            try:
+                study.optimize(
+                    objective,
+                    n_trials=1,
+                    catch=(TrialFailed,),
+                    callbacks=[on_trial_end],
+                    gc_after_trial=False,
+                )
+            except _NoWorkLeft:
+                return
+
+    def _attempt(
+        self, study, source: TrialSource, trial: optuna.Trial, observer: SearchObserver
+    ) -> float:
+        setup = source.setup_for(trial)
+        if setup is None:
+            record_failure(trial, DUPLICATE)
+            raise _NoWorkLeft("no queued configuration left")
+        trial.set_user_attr(ATTR_STRATEGY, self.name)
+        trial.set_user_attr(ATTR_WORKER, WORKER)
+        config = None if setup.is_baseline else suggest_config(trial)
+        if source.is_grid and (config, setup) in work_status(study)[0]:
+            raise TrialFailed(
+                f"{config.label if config else setup.variant} was already evaluated",
+                reason=DUPLICATE,
+            )
+        observer.on_trial_start(trial.number, config)
+        return self._train(trial, config, setup, observer)
+
+    def _train(
+        self, trial: optuna.Trial, config, setup: TrainingSetup, observer: SearchObserver
+    ) -> float:
+        import keras
+        from optuna_integration import KerasPruningCallback
+
+        from bln_search.layer import ResetPopulationStatistics, configure
+
+        settings = self.settings
+        curve = Curve(settings.direction)
+
+        class Recorder(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                curve.values.append(training_logs_value(logs or {}, settings.metric, epoch))
+                observer.on_epoch_end(trial.number, epoch + 1, settings.epochs, curve.values[-1])
+
+        model = self._build(setup, trial)
+        if config is not None:
+            configure(model, config)
+        callbacks = [
+            ResetPopulationStatistics(),
+            Recorder(),
+            KerasPruningCallback(trial, settings.metric),
+            interrupt_checker(),
+        ]
+        start = time.perf_counter()
+        try:
+            model.fit(
+                **self.data.fit_kwargs(setup.batch_size),
+                epochs=settings.epochs,
+                verbose=0,
+                callbacks=callbacks,
+            )
+        finally:
+            curve.store(trial, time.perf_counter() - start)
+        return curve.best()

@@ -1,0 +1,230 @@
+"""Train once, evaluate sixteen: one training per setup, every configuration evaluated after each epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+import optuna
+
+from bln_search.config import StatisticsConfig
+from bln_search.errors import MetricNotReported, failure_of
+from bln_search.interrupts import check as check_interrupt
+from bln_search.interrupts import interrupt_checker
+from bln_search.observer import SearchObserver
+from bln_search.sources import TrialSource
+from bln_search.storage import TrialHeartbeats
+from bln_search.strategies._base import Strategy, training_logs_value
+from bln_search.trials import (
+    ATTR_STRATEGY,
+    ATTR_TRAINING,
+    ATTR_WORKER,
+    COMPLETE,
+    DUPLICATE,
+    FAIL,
+    INTERRUPTED,
+    NON_FINITE,
+    PRUNED,
+    WORKER,
+    Curve,
+    TrainingSetup,
+    record_failure,
+    suggest_config,
+    work_status,
+)
+
+
+@dataclass
+class ConfigTrial:
+    """One configuration's trial inside a shared training."""
+
+    trial: optuna.Trial
+    config: StatisticsConfig | None  # None for a baseline
+    curve: Curve
+    live: bool = True
+
+
+class SharedStrategy(Strategy):
+    """One training per (seed, batch size, model); every configuration is evaluated after each epoch.
+
+    The four flags change nothing in training, only which statistics inference
+    uses, so one training serves all 16. Each configuration is its own Optuna
+    trial (ask and tell) with one intermediate value per epoch, so pruners, the
+    leaderboard, export and the `optuna` CLI see ordinary trials. A pruned
+    configuration stops being evaluated; training stops when none is left.
+
+    What is done once instead of per configuration: building and training the
+    model, batching the validation data (one cached `tf.data.Dataset`), and
+    compiling the evaluation function (the flags are weights, so switching them
+    retraces nothing).
+    """
+
+    name = "shared"
+    takes_trial_factory = False
+    default_pruner = "none"
+    help = "one training, every configuration evaluated after each epoch"
+
+    def run(self, study, source, observer, limit=None) -> None:  # see Strategy.run
+        taken: list[ConfigTrial] = []
+        try:
+            while True:
+                self._tick(study)
+                groups = self._take(study, source, limit, taken)
+                if not groups:
+                    if self._idle(study, source):
+                        continue
+                    return
+                for setup, jobs in groups.items():
+                    self._train(study, setup, jobs, observer)
+        finally:  # trials taken but never started (an interrupt or error in an earlier group)
+            for job in taken:
+                if job.live:
+                    _tell(study, job, FAIL, observer, 0.0, reason=INTERRUPTED)
+
+    def _take(
+        self, study, source: TrialSource, limit: int | None, taken: list[ConfigTrial]
+    ) -> dict[TrainingSetup, list[ConfigTrial]]:
+        """Asks for the trials of the next training: the queued ones of the oldest waiting setup."""
+        count = source.next_training(study)
+        done = work_status(study)[0] if source.is_grid else set()
+        count = min(count, limit or count)
+        groups: dict[TrainingSetup, list[ConfigTrial]] = {}
+        for _ in range(count):
+            trial = study.ask()
+            # Taken at once: an interrupt from here on finds the trial in `taken` and fails it.
+            job = ConfigTrial(trial, None, Curve(self.settings.direction))
+            taken.append(job)
+            TrialHeartbeats.beat_once(self.storage, trial)
+            setup = source.setup_for(trial)
+            if setup is None:
+                _tell(study, job, FAIL, None, 0.0, reason=DUPLICATE)
+                break
+            job.config = None if setup.is_baseline else suggest_config(trial)
+            if (job.config, setup) in done:
+                _tell(study, job, FAIL, None, 0.0, reason=DUPLICATE)
+                continue
+            groups.setdefault(setup, []).append(job)
+        return groups
+
+    def _train(
+        self,
+        study: optuna.Study,
+        setup: TrainingSetup,
+        jobs: list[ConfigTrial],
+        observer: SearchObserver,
+    ) -> None:
+        """Trains once and tells every job's trial its outcome; re-raises interrupts and user errors."""
+        import keras
+
+        from bln_search.layer import ResetPopulationStatistics, configure
+
+        settings = self.settings
+        start = time.perf_counter()
+
+        def elapsed() -> float:
+            return time.perf_counter() - start
+
+        observer.on_training_start(setup, [job.config for job in jobs])
+        training = uuid.uuid4().hex[:12]
+        for job in jobs:
+            job.trial.set_user_attr(ATTR_STRATEGY, self.name)
+            job.trial.set_user_attr(ATTR_WORKER, WORKER)
+            job.trial.set_user_attr(ATTR_TRAINING, training)
+            observer.on_trial_start(job.trial.number, job.config)
+        model = self._build(setup)
+        validation = self.data.validation_dataset(setup.batch_size)
+        prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
+        evaluated = settings.metric.startswith("val_")
+        metric = settings.metric.removeprefix("val_")
+        epochs_run = [0]
+
+        def evaluate_all(epoch: int, logs: dict) -> None:
+            epochs_run[0] = epoch + 1
+            if evaluated:
+                if logs.get("loss") is not None:
+                    training_logs_value(logs, "loss", epoch)
+            else:  # a training metric is the same for every configuration
+                shared_value = training_logs_value(logs, settings.metric, epoch)
+            live = [job for job in jobs if job.live]
+            for job in live:
+                check_interrupt()
+                if evaluated:
+                    if job.config is not None:
+                        configure(model, job.config)
+                    results = model.evaluate(validation, verbose=0, return_dict=True)
+                    if metric not in results:
+                        raise MetricNotReported(
+                            settings.metric, [f"val_{name}" for name in results]
+                        )
+                    value = float(results[metric])
+                else:
+                    value = shared_value
+                if not math.isfinite(value):
+                    message = f"{settings.metric} became {value} in epoch {epoch + 1}"
+                    _tell(study, job, FAIL, observer, elapsed(), reason=NON_FINITE, message=message)
+                    continue
+                job.curve.values.append(value)
+                job.trial.report(value, step=epoch)
+                observer.on_epoch_end(job.trial.number, epoch + 1, settings.epochs, value)
+            # Prune only after every live configuration has reported this epoch.
+            for job in live:
+                if job.live and prune and job.trial.should_prune():
+                    _tell(study, job, PRUNED, observer, elapsed())
+            if not any(job.live for job in jobs):
+                model.stop_training = True
+
+        class EvaluateEveryConfiguration(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                evaluate_all(epoch, logs or {})
+
+        callbacks = [ResetPopulationStatistics(), EvaluateEveryConfiguration(), interrupt_checker()]
+        try:
+            with TrialHeartbeats(
+                self.storage,
+                [job.trial for job in jobs],
+                live=lambda: [j.trial for j in jobs if j.live],
+            ):
+                model.fit(
+                    **self.data.fit_kwargs(setup.batch_size, validation=False),
+                    epochs=settings.epochs,
+                    verbose=0,
+                    callbacks=callbacks,
+                )
+        except (KeyboardInterrupt, Exception) as error:
+            reason, message, raised = failure_of(error)
+            _end_live(study, jobs, observer, elapsed(), reason=reason, message=message)
+            if reason == NON_FINITE:
+                return
+            if raised is error:
+                raise
+            raise raised from error
+        _end_live(study, jobs, observer, elapsed())
+        observer.on_training_end(setup, epochs_run[0])
+
+
+def _end_live(
+    study, jobs: list[ConfigTrial], observer, seconds: float, reason=None, message=None
+) -> None:
+    """Completes every live job, or fails them all with `reason`."""
+    for job in jobs:
+        if job.live:
+            if reason is None:
+                _tell(study, job, COMPLETE, observer, seconds, value=job.curve.best())
+            else:
+                _tell(study, job, FAIL, observer, seconds, reason=reason, message=message)
+
+
+def _tell(
+    study, job: ConfigTrial, state, observer, seconds: float, value=None, reason=None, message=None
+) -> None:
+    """Stores the job's curve and ends its trial."""
+    trial = job.trial
+    job.live = False
+    job.curve.store(trial, seconds)
+    if reason:
+        record_failure(trial, reason, message or "")
+    frozen = study.tell(trial, state=state, values=value if state == COMPLETE else None)
+    if observer is not None:
+        observer.on_trial_end(frozen)
