@@ -43,8 +43,14 @@ def write(tmp_path, content):
 
 def test_load_config_round_trips_an_exported_document(tmp_path):
     config = StatisticsConfig(False, True, True, False)
-    document = config_document(config, metric="val_loss", value=0.5, direction="minimize", study="s", trial=3)
-    assert document["schema_version"] == 1 and set(document["versions"]) == {"bln_search", "keras", "optuna"}
+    document = config_document(
+        config, metric="val_loss", value=0.5, direction="minimize", study="s", trial=3
+    )
+    assert document["schema_version"] == 1 and set(document["versions"]) == {
+        "bln_search",
+        "keras",
+        "optuna",
+    }
     assert load_config(write(tmp_path, document)) == config
 
 
@@ -54,8 +60,18 @@ def test_load_config_round_trips_an_exported_document(tmp_path):
         ("{not json", "not valid JSON"),
         ({"hello": "world"}, "not a bln-search configuration"),
         ([1, 2], "not a bln-search configuration"),
-        ({"schema": "bln-search/best-config", "schema_version": 99, "config": {}}, "schema_version 99"),
-        ({"schema": "bln-search/best-config", "schema_version": 1, "config": {"batch_moving_mean": True}}, "missing flag"),
+        (
+            {"schema": "bln-search/best-config", "schema_version": 99, "config": {}},
+            "schema_version 99",
+        ),
+        (
+            {
+                "schema": "bln-search/best-config",
+                "schema_version": 1,
+                "config": {"batch_moving_mean": True},
+            },
+            "missing flag",
+        ),
     ],
 )
 def test_load_config_rejects_malformed_or_foreign_documents(tmp_path, content, message):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras.src import testing
 
 import bln_search
-from bln_search import BatchLayerNormalization, ResetPopulationStatistics, configure, find_bln_layers
+from bln_search import (
+    BatchLayerNormalization,
+    ResetPopulationStatistics,
+    configure,
+    find_bln_layers,
+)
 from bln_search.config import FLAG_NAMES, all_configurations
 from tests.reference import ReferenceBLN
 
@@ -30,7 +34,9 @@ def random_layer(inner, rng, **kwargs):
 
 def batch(rng, m, inner, scale=3.0, shift=1.0):
     # Features on different scales, so batch and feature statistics differ clearly.
-    return (rng.normal(size=(m, *inner)) * scale * rng.uniform(0.2, 2.0, inner[-1]) + shift).astype("float32")
+    return (rng.normal(size=(m, *inner)) * scale * rng.uniform(0.2, 2.0, inner[-1]) + shift).astype(
+        "float32"
+    )
 
 
 def max_error(actual, expected):
@@ -136,7 +142,9 @@ def test_flags_are_validated_and_round_trip_through_config():
         BatchLayerNormalization(batch_moving_var="yes")
     with pytest.raises(ValueError, match="momentum"):
         BatchLayerNormalization(momentum=1.5)
-    layer = BatchLayerNormalization(False, True, True, False, momentum=0.5, epsilon=1e-5, name="bln")
+    layer = BatchLayerNormalization(
+        False, True, True, False, momentum=0.5, epsilon=1e-5, name="bln"
+    )
     layer.build((None, 3, 2))
     layer.feature_moving_var = True
     clone = BatchLayerNormalization.from_config(layer.get_config())
@@ -203,7 +211,14 @@ def test_keras_save_load_round_trip_in_all_16_configurations(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
     model.compile(optimizer="adam", loss="mse")
     data = batch(rng, 20, (4, 3))
-    model.fit(data, rng.normal(size=(20, 2)), batch_size=8, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    model.fit(
+        data,
+        rng.normal(size=(20, 2)),
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=[ResetPopulationStatistics()],
+    )
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -215,14 +230,23 @@ def test_keras_save_load_round_trip_in_all_16_configurations(tmp_path):
     for config in all_configurations():
         configure(model, config)
         configure(loaded, config)
-        np.testing.assert_allclose(model.predict(probe, verbose=0), loaded.predict(probe, verbose=0), atol=1e-6)
+        np.testing.assert_allclose(
+            model.predict(probe, verbose=0), loaded.predict(probe, verbose=0), atol=1e-6
+        )
 
 
 def test_training_with_batch_size_one_stays_finite():
     rng = np.random.default_rng(7)
     model = dense_model()
     x = batch(rng, 6, (5,))
-    history = model.fit(x, rng.normal(size=(6, 1)), batch_size=1, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    history = model.fit(
+        x,
+        rng.normal(size=(6, 1)),
+        batch_size=1,
+        epochs=2,
+        verbose=0,
+        callbacks=[ResetPopulationStatistics()],
+    )
     assert np.all(np.isfinite(history.history["loss"]))
     layer = model.get_layer("bln")
     assert float(layer.training_batch_size) == 1
@@ -236,7 +260,15 @@ def test_callback_resets_each_epoch_with_a_partial_last_batch():
     model = dense_model()
     x = batch(rng, 10, (5,))
     y = rng.normal(size=(10, 1))
-    model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[ResetPopulationStatistics()])
+    model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[ResetPopulationStatistics()],
+    )
     layer = model.get_layer("bln")
     reference = ReferenceBLN(np.ones(5), np.zeros(5))
     for start in (0, 4, 8):  # the last epoch only: steps of 4, 4 and 2
@@ -265,7 +297,9 @@ def test_callback_works_with_steps_per_epoch_and_a_dataset():
     model = dense_model()
     x = batch(rng, 12, (5,))
     dataset = tf.data.Dataset.from_tensor_slices((x, rng.normal(size=(12, 1)))).batch(4).repeat()
-    model.fit(dataset, steps_per_epoch=2, epochs=3, verbose=0, callbacks=[ResetPopulationStatistics()])
+    model.fit(
+        dataset, steps_per_epoch=2, epochs=3, verbose=0, callbacks=[ResetPopulationStatistics()]
+    )
     reference = ReferenceBLN(np.ones(5), np.zeros(5))
     for start in (4, 8):  # the stream is b0 b1 | b2 b0 | b1 b2: epoch 3 sees x[4:8], x[8:12]
         reference.train(x[start : start + 4])
@@ -283,17 +317,29 @@ def test_switching_flags_after_fit_changes_evaluate_without_retracing(monkeypatc
     # Count Python executions of `call`: a compiled function runs it only while tracing.
     traces = []
     original_call = BatchLayerNormalization.call
-    monkeypatch.setattr(BatchLayerNormalization, "call", lambda self, *a, **k: traces.append(1) or original_call(self, *a, **k))
-    probe = batch(rng, 16, (5,), scale=5.0, shift=3.0)  # shifted: population and batch statistics differ
+    monkeypatch.setattr(
+        BatchLayerNormalization,
+        "call",
+        lambda self, *a, **k: traces.append(1) or original_call(self, *a, **k),
+    )
+    probe = batch(
+        rng, 16, (5,), scale=5.0, shift=3.0
+    )  # shifted: population and batch statistics differ
     losses = {}
     for config in all_configurations():
         configure(model, config)
-        losses[config] = model.evaluate(probe, probe.sum(axis=1, keepdims=True), batch_size=16, verbose=0)
+        losses[config] = model.evaluate(
+            probe, probe.sum(axis=1, keepdims=True), batch_size=16, verbose=0
+        )
         if config == all_configurations()[0]:
             test_function, traced_once = model.test_function, len(traces)
-    assert len({round(v, 6) for v in losses.values()}) == 16  # every configuration changed the result
+    assert (
+        len({round(v, 6) for v in losses.values()}) == 16
+    )  # every configuration changed the result
     assert model.test_function is test_function  # no recompile
-    assert len(traces) == traced_once <= 1  # the first evaluate's trace served all 16 configurations
+    assert (
+        len(traces) == traced_once <= 1
+    )  # the first evaluate's trace served all 16 configurations
     configure(model, all_configurations()[0])
     again = model.evaluate(probe, probe.sum(axis=1, keepdims=True), batch_size=16, verbose=0)
     assert again == pytest.approx(losses[all_configurations()[0]], abs=1e-6)
@@ -310,7 +356,15 @@ def test_jit_compile_matches_eager():
         h = keras.layers.Flatten()(BatchLayerNormalization(name="bln")(inputs))
         model = keras.Model(inputs, keras.layers.Dense(1)(h))
         model.compile(optimizer="sgd", loss="mse", jit_compile=jit)
-        model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, callbacks=[ResetPopulationStatistics()])
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[ResetPopulationStatistics()],
+        )
         models.append(model)
     for config in all_configurations():
         outputs = []
@@ -341,16 +395,29 @@ def test_mixed_float16_computes_statistics_in_float32():
 
 
 def test_configure_and_find_reach_nested_models():
-    inner = keras.Sequential([keras.Input((6,)), BatchLayerNormalization(name="inner_bln")], name="block")
+    inner = keras.Sequential(
+        [keras.Input((6,)), BatchLayerNormalization(name="inner_bln")], name="block"
+    )
     inputs = keras.Input((6,))
     x = BatchLayerNormalization(name="outer_bln")(inner(inputs))
     model = keras.Model(inputs, keras.layers.Dense(1)(x))
     layers = find_bln_layers(model)
     assert {layer.name for layer in layers} == {"inner_bln", "outer_bln"}
-    configure(model, {"batch_moving_mean": False, "batch_moving_var": False, "feature_moving_mean": True, "feature_moving_var": True})
+    configure(
+        model,
+        {
+            "batch_moving_mean": False,
+            "batch_moving_var": False,
+            "feature_moving_mean": True,
+            "feature_moving_var": True,
+        },
+    )
     assert all(layer.statistics_config.label == "-- -- FM FV" for layer in layers)
     with pytest.raises(ValueError, match="no BatchLayerNormalization"):
-        configure(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), bln_search.StatisticsConfig())
+        configure(
+            keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]),
+            bln_search.StatisticsConfig(),
+        )
     with pytest.raises(bln_search.ConfigError, match="missing"):
         configure(model, {"batch_moving_mean": True})
 
@@ -365,7 +432,9 @@ def test_small_cnn_and_gru_learn_with_bln(study_name):
     keras.utils.set_random_seed(0)
     (x, y), (xv, yv) = study.load_data()
     model = study.build()
-    history = model.fit(x, y, batch_size=25, epochs=4, verbose=0, callbacks=[ResetPopulationStatistics()])
+    history = model.fit(
+        x, y, batch_size=25, epochs=4, verbose=0, callbacks=[ResetPopulationStatistics()]
+    )
     losses = history.history["loss"]
     assert losses[-1] < 0.5 * losses[0]
     assert model.evaluate(xv, yv, verbose=0, return_dict=True)["accuracy"] > 0.8
@@ -389,12 +458,20 @@ def test_hand_written_gradient_matches_autodiff_of_the_formula(rank, m):
         var_b = tf.reduce_mean((x - mu_b) ** 2, 0, keepdims=True)
         mu_f = tf.reduce_mean(x, -1, keepdims=True)
         var_f = tf.reduce_mean((x - mu_f) ** 2, -1, keepdims=True)
-        x_hat = ((1 / m - 1e-4) * (x - mu_f) / tf.sqrt(var_f + 1e-3) + (1 - 1 / m - 1e-4) * (x - mu_b) / tf.sqrt(var_b + 1e-3)) / np.sqrt(c)
+        x_hat = (
+            (1 / m - 1e-4) * (x - mu_f) / tf.sqrt(var_f + 1e-3)
+            + (1 - 1 / m - 1e-4) * (x - mu_b) / tf.sqrt(var_b + 1e-3)
+        ) / np.sqrt(c)
         return gamma * x_hat + beta
 
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         ours = tf.reduce_sum(layer(x, training=True) * weights)
         theirs = tf.reduce_sum(plain(x, layer.gamma, layer.beta) * weights)
-    for a, b in zip(tape.gradient(ours, [x, layer.gamma, layer.beta]), tape.gradient(theirs, [x, layer.gamma, layer.beta])):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4 * max(1.0, float(tf.reduce_max(tf.abs(b)))))
+    for a, b in zip(
+        tape.gradient(ours, [x, layer.gamma, layer.beta]),
+        tape.gradient(theirs, [x, layer.gamma, layer.beta]),
+    ):
+        np.testing.assert_allclose(
+            a.numpy(), b.numpy(), atol=1e-4 * max(1.0, float(tf.reduce_max(tf.abs(b))))
+        )
