@@ -84,9 +84,11 @@ def open_storage(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-            if concurrent and url.startswith("sqlite"):
-                with storage.engine.connect() as connection:
-                    connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            if url.startswith("sqlite"):
+                if concurrent:
+                    with storage.engine.connect() as connection:
+                        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+                _serialize_sqlite_transactions(storage.engine)
             return storage
         except Exception as error:  # sqlalchemy raises many types for bad URLs and dead servers
             reason = mask_url(first_line(error) or type(error).__name__)
@@ -98,6 +100,28 @@ def open_storage(
                 )  # another worker is creating the same new database's tables
                 continue
             raise StorageError(f"cannot open storage {mask_url(url)}: {reason}") from None
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Every SQLite transaction takes the write lock when it begins (`BEGIN IMMEDIATE`).
+
+    Optuna pops a queued trial by reading it `FOR UPDATE` and then marking it
+    running; SQLite ignores `FOR UPDATE`, and the Python driver starts a
+    transaction only at the first write, so two processes could both read the
+    same waiting trial and both run it. With `BEGIN IMMEDIATE` the read and the
+    write are one atomic step, as on PostgreSQL (SQLAlchemy's documented recipe).
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks reconnect with them
 
 
 def load_existing_study(storage, study_name: str):

@@ -298,3 +298,37 @@ def test_workers_on_the_default_sqlite_file_share_the_grid(tmp_path):
         study_name="models-build", storage=f"sqlite:///{tmp_path / 'bln-search.db'}"
     )
     assert_each_configuration_complete_once(study)
+
+
+@pytest.mark.parametrize("strategy", ["per-trial", "shared"])
+def test_three_plain_runs_on_one_sqlite_study_complete_each_configuration_once(tmp_path, strategy):
+    """No `--workers`: three independent runs started together pop the SQLite queue atomically."""
+    for attempt in range(2):
+        storage = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+        args = ["--strategy", strategy, "--epochs", "1", "--pruner", "none"]
+        if strategy == "shared":
+            args += ["--configs-per-training", "4"]
+        runs = [start_worker(storage, "race", *args, cwd=tmp_path) for _ in range(3)]
+        for process in runs:
+            finish(process)  # every run exits 0
+        study = optuna.load_study(study_name="race", storage=storage)
+        assert_each_configuration_complete_once(study)
+        assert not study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_sampler_trains_distinct_configurations_across_a_kill_and_a_rerun(tmp_path, sampler):
+    from bln_search.trials import is_repeat
+
+    storage = f"sqlite:///{tmp_path / 'sampled.db'}"
+    args = ["--sampler", sampler, "--trials", "8", "--strategy", "per-trial", "--epochs", "1"]
+    args += ["--heartbeat", "1"]
+    first = start_worker(storage, "sampled", *args, cwd=tmp_path)
+    wait_for("sampled", storage, lambda ts: sum(t.state == COMPLETE for t in ts) >= 3)
+    first.kill()
+    first.communicate()
+    finish(start_worker(storage, "sampled", *args, cwd=tmp_path))
+    study = optuna.load_study(study_name="sampled", storage=storage)
+    assert not study.get_trials(states=(RUNNING,))
+    fresh = [t for t in study.trials if t.state == COMPLETE and not is_repeat(t)]
+    assert len(fresh) == len({config_of(t) for t in fresh}) == 8
