@@ -17,14 +17,15 @@ import pandas as pd
 from bln_search.baselines import BLN_LABEL, label_of
 from bln_search.config import FLAG_NAMES, StatisticsConfig, config_document
 from bln_search.errors import SearchFailed
+from bln_search.manifest import require_manifest
 from bln_search.stats import ALPHA, mark_ties
 from bln_search.trials import (
     ATTR_BEST_EPOCH,
     ATTR_EPOCHS_TRAINED,
     ATTR_FAIL_REASON,
     ATTR_HISTORY,
+    ATTR_OTHER_METRICS,
     DUPLICATE,
-    STUDY_METRIC,
     best_of,
     config_of,
     setup_of,
@@ -35,8 +36,13 @@ BLN_MODEL = BLN_LABEL
 
 
 def study_metric(study: optuna.Study) -> tuple[str, str]:
-    """(metric name, direction) the study ranks by."""
-    return study.user_attrs.get(STUDY_METRIC, "value"), study.direction.name.lower()
+    """(metric name, direction) the study ranks by, from its manifest.
+
+    A study without one was not made by bln-search: its values need not be a
+    metric of ours, nor its direction, so it is refused rather than ranked.
+    """
+    manifest = require_manifest(study)
+    return manifest["metric"], manifest["direction"]
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -60,6 +66,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         "epochs",
         "duration_s",
         "history",
+        "others",
     ]
     if frame.empty:
         return pd.DataFrame(columns=columns)
@@ -93,7 +100,21 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame["trial"] = frame["number"]
     frame["best_epoch"] = frame.get(f"user_attrs_{ATTR_BEST_EPOCH}", math.nan)
     frame["epochs"] = frame.get(f"user_attrs_{ATTR_EPOCHS_TRAINED}", math.nan)
-    frame["duration_s"] = frame["duration"].dt.total_seconds()
+    running = frame["state"].eq("running")
+    for index in frame.index[running]:  # no curve stored yet: its latest reported epoch so far
+        reported = trials[frame.at[index, "number"]].intermediate_values
+        if reported:
+            frame.at[index, "value"] = reported[max(reported)]
+            frame.at[index, "epochs"] = len(reported)
+    others = frame.get(f"user_attrs_{ATTR_OTHER_METRICS}", pd.Series(None, index=frame.index))
+    frame["others"] = [
+        {name: v[int(e) - 1] for name, v in o.items() if len(v) >= int(e)}
+        if isinstance(o, dict) and not pd.isna(e)
+        else {}
+        for o, e in zip(others, frame["best_epoch"])
+    ]
+    # All NaT (nothing finished yet) leaves an object column without the .dt accessor.
+    frame["duration_s"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
     frame["_order"] = frame["state"].map(_STATE_ORDER)
     frame["_candidate"] = [
         c.label if c is not None else m for c, m in zip(frame["config"], frame["model"])
@@ -140,6 +161,9 @@ def leaderboard(
     runs = trials_frame(study) if runs is None else runs
     if runs.empty:
         return pd.DataFrame(columns=columns)
+    # The model's other validation metrics, at each run's ranked epoch (mean over seeds).
+    others = sorted({name for found in runs["others"] for name in found})
+    columns[columns.index(f"{metric}_std") + 1 : columns.index(f"{metric}_std") + 1] = others
     rows = []
     for (batch_size, candidate), group in runs.groupby(["batch_size", "_candidate"], sort=False):
         state_order = group["_order"].min()
@@ -159,6 +183,10 @@ def leaderboard(
                 f"{metric}_std": pd.Series(values, dtype=float).std(ddof=1)
                 if len(values) > 1
                 else math.nan,
+                **{
+                    name: _mean([found[name] for found in usable["others"] if name in found])
+                    for name in others
+                },
                 "seeds": len(values),
                 "best_epoch": best_run["best_epoch"],
                 "epochs": group["epochs"].max(),
@@ -198,6 +226,10 @@ def leaderboard(
     for column in ("best_epoch", "epochs"):
         board[column] = pd.to_numeric(board[column], errors="coerce").astype("Int64")
     return board[columns].reset_index(drop=True)
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def winners(study: optuna.Study, board: pd.DataFrame | None = None) -> dict[int, pd.Series]:

@@ -20,19 +20,29 @@ from typing import Any
 
 import optuna
 
-from bln_search.baselines import BASELINES, BLN
+from bln_search.baselines import BASELINES, BLN, replace_bln
 from bln_search.baselines import get as get_baseline
 from bln_search.errors import (
     BLNSearchError,
+    DataError,
     MetricNotReported,
     SearchFailed,
     SearchInterrupted,
-    StorageError,
     UsageError,
     UserCodeError,
     first_line,
 )
 from bln_search.loading import Data, build_model, check_data_fits_model, takes_trial
+from bln_search.manifest import (
+    EXTENDABLE,
+    STUDY_MANIFEST,
+    Manifest,
+    check_resume,
+    extend,
+    fingerprint_data,
+    fingerprint_model,
+    search_space_of,
+)
 from bln_search.observer import Forwarding, SearchObserver
 from bln_search.pruning import AUTO as AUTO_PRUNER
 from bln_search.pruning import make_pruner
@@ -81,13 +91,19 @@ def worker_share(setups: int, workers: int, candidates: int = 16) -> int | None:
 
 
 def preflight(
-    model_factory: Callable[..., Any], data: Data, settings: TrainingSettings, setup: TrainingSetup
+    model_factory: Callable[..., Any],
+    data: Data,
+    metric: str,
+    setup: TrainingSetup,
+    baselines: Sequence[str] = (),
 ):
     """Builds the model once and evaluates a batch, so bad input fails before the study is touched.
 
-    Returns the model, built under `setup.seed` exactly as a training would
-    build it, so the first shared training can start from it instead of
-    building and compiling its evaluation again.
+    Checks what the first batch would miss: labels out of the model's range,
+    a metric the model does not report or that the flags cannot change, and
+    baselines that cannot be built. Returns `(model, trial)`: the model built
+    under `setup.seed` exactly as a training would build it (the first shared
+    training starts from it), and the trial it was given (None for a plain factory).
     """
     import keras
 
@@ -99,6 +115,7 @@ def preflight(
     )
     model = build_model(model_factory, trial)
     check_data_fits_model(data, model)
+    check_labels(data, model)
     try:
         if data.is_dataset:
             logs = model.evaluate(data.validation.take(1), verbose=0, return_dict=True)
@@ -110,16 +127,61 @@ def preflight(
     except Exception as error:
         message = first_line(error) or type(error).__name__
         raise UserCodeError(f"the model cannot evaluate the validation data: {message}") from None
-    names = {f"val_{name}" for name in logs} | set(logs)
-    if settings.metric not in names:
-        raise MetricNotReported(settings.metric, names)
-    return model
+    check_metric(metric, logs)
+    for baseline in baselines:
+        replace_bln(model, baseline)  # refuses a model it cannot rebuild, before the study exists
+    return model, trial
+
+
+def check_metric(metric: str, logs) -> None:
+    """The ranking metric must be a validation metric the model reports: only those see the flags."""
+    validation = {f"val_{name}" for name in logs}
+    if metric in validation:
+        return
+    if metric in logs:
+        raise UsageError(
+            f"{metric!r} is a training metric: training always uses mini-batch statistics, so "
+            f"all 16 configurations would score the same; rank by val_{metric}"
+        )
+    raise MetricNotReported(metric, validation)
+
+
+def check_labels(data: Data, model) -> None:
+    """Integer labels within the model's classes, for sparse categorical losses (all given arrays)."""
+    import numpy as np
+
+    loss = getattr(model, "loss", None)
+    loss_name = loss if isinstance(loss, str) else type(loss).__name__ + getattr(loss, "name", "")
+    output_shape = getattr(model, "output_shape", None)
+    if (
+        data.is_dataset
+        or "sparse" not in str(loss_name).lower()
+        or not isinstance(output_shape, tuple)
+        or not isinstance(output_shape[-1], int)
+    ):
+        return
+    classes = output_shape[-1]
+    for part, (_, y) in (("training", data.train), ("validation", data.validation)):
+        if not np.issubdtype(y.dtype, np.number):
+            continue
+        low, high = y.min(), y.max()
+        if low < 0 or high >= classes or not np.all(np.equal(np.mod(y, 1), 0)):
+            bad = (high if high >= classes else low).item()
+            raise DataError(
+                f"{part} labels must be class indices 0..{classes - 1} for the model's "
+                f"{classes} outputs, found {bad!r}"
+            )
 
 
 def _create_or_load_study(
-    storage, study_name, settings, sampler, pruner, source: TrialSource, attrs
+    storage, study_name, settings, sampler, pruner, source: TrialSource, attrs, manifest: Manifest
 ) -> optuna.Study:
-    """Creates the study (storing `attrs` on it) or loads and checks it; then lets the source prepare it."""
+    """Creates the study with its manifest, or loads it and refuses a run it cannot take.
+
+    The manifest is the first thing written to a new study, so a study without
+    one was made by other code (or is being created this instant: `check_resume`
+    waits a little for it) and is never written to.
+    """
     try:
         study = optuna.create_study(
             study_name=study_name,
@@ -128,36 +190,23 @@ def _create_or_load_study(
             sampler=sampler,
             pruner=pruner,
         )
+        study.set_user_attr(STUDY_MANIFEST, manifest.as_attr())
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(
             study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
         )
         created = False
-        _check_compatible(study, settings)
-        for key in (
-            "seeds",
-            "batch_sizes",
-            "baselines",
-        ):  # a resume may add seeds, batch sizes or baselines
+        check_resume(study, manifest)
+        extend(study, manifest)
+        for key in EXTENDABLE:  # the plain attributes too, for readers of older studies
             known = study.user_attrs.get(key)
             if isinstance(known, list) and not set(attrs.get(key, [])) <= set(known):
                 study.set_user_attr(key, sorted(set(known) | set(attrs[key])))
-    if created:
-        for key, value in attrs.items():
-            study.set_user_attr(key, value)
     source.prepare(study, created)
     return study
-
-
-def _check_compatible(study: optuna.Study, settings: TrainingSettings) -> None:
-    stored = study.user_attrs.get(STUDY_METRIC)
-    direction = study.direction.name.lower()
-    if stored is not None and (stored != settings.metric or direction != settings.direction):
-        raise StorageError(
-            f"study {study.study_name!r} ranks by {stored} ({direction}); pass the same metric, "
-            f"or a new `study_name` to search by {settings.metric} ({settings.direction})"
-        )
 
 
 def search(
@@ -167,7 +216,7 @@ def search(
     study_name: str,
     storage: str | optuna.storages.BaseStorage | None = None,
     epochs: int = 5,
-    batch_size: int | Sequence[int] = 32,
+    batch_size: int | Sequence[int] | None = None,
     metric: str = "val_loss",
     direction: str | None = None,
     seed: int = 0,
@@ -193,8 +242,8 @@ def search(
         study_name: The Optuna study; an existing one is resumed.
         storage: An Optuna storage or database URL (default: `sqlite:///bln-search.db`).
         epochs: Training epochs; every epoch's `metric` is one intermediate value.
-        batch_size: Training batch size (for arrays), or several: the grid then
-            runs once per batch size.
+        batch_size: Training batch size for arrays (default 32), or several: the
+            grid then runs once per batch size. A batched dataset sets its own.
         metric: A Keras log name, judged per epoch; a trial's value is its best epoch.
         direction: `"minimize"`/`"maximize"`; inferred from `metric` when omitted.
         seed, seeds: The grid runs every configuration under `seeds` seeds
@@ -230,7 +279,7 @@ def search(
         if every trial of this run failed.
     """
     grid = sampler is None
-    batch_sizes = [batch_size] if isinstance(batch_size, int) else list(dict.fromkeys(batch_size))
+    batch_sizes = _batch_sizes(data, batch_size)
     if not batch_sizes or any(b < 1 for b in batch_sizes) or seeds < 1:
         raise UsageError("batch sizes and the number of seeds must be at least 1")
     variants = [
@@ -257,10 +306,25 @@ def search(
         pruner = strategy_class.default_pruner
     if isinstance(pruner, str):
         pruner = make_pruner(pruner, epochs)
-    settings = TrainingSettings(epochs, metric, direction or infer_direction(metric))
     if not isinstance(storage, optuna.storages.BaseStorage):
         storage = open_storage(storage)
-    checked_model = preflight(model_factory, data, settings, setups[0])
+    checked_model, checked_trial = preflight(
+        model_factory, data, metric, setups[0], baselines=variants[1:]
+    )
+    settings = TrainingSettings(epochs, metric, direction or infer_direction(metric))
+    manifest = Manifest(
+        model=fingerprint_model(model_factory, checked_model, checked_trial is not None),
+        data=fingerprint_data(data),
+        epochs=epochs,
+        metric=metric,
+        direction=settings.direction,
+        strategy=strategy_class.name,
+        sampler="grid" if grid else "sampler",
+        search_space=search_space_of(checked_trial),
+        seeds=sorted({s.seed for s in setups}),
+        batch_sizes=batch_sizes,
+        baselines=variants[1:],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Shared trainings ask and tell; their heartbeats are recorded by bln-search (storage.TrialHeartbeats).
@@ -287,6 +351,7 @@ def search(
             pruner or optuna.pruners.NopPruner(),
             source,
             attrs,
+            manifest,
         )
         outcomes = _Outcomes(observer)
         outcomes.on_search_start(study, source.planned())
@@ -308,6 +373,26 @@ def search(
 
         evaluate_winners(model_factory, data, test_data, study)
     return study
+
+
+def _batch_sizes(data: Data, batch_size) -> list[int]:
+    """The real batch sizes: the requested ones for arrays, the dataset's own for a batched dataset."""
+    requested = (
+        None
+        if batch_size is None
+        else [batch_size]
+        if isinstance(batch_size, int)
+        else list(dict.fromkeys(batch_size))
+    )
+    if not data.is_dataset:
+        return requested or [32]
+    real = data.dataset_batch_size()
+    if requested is not None and requested != [real]:
+        raise UsageError(
+            f"the training dataset comes batched at {real}, so it sets the batch size: leave "
+            "`batch_size` out, or pass arrays to search several batch sizes"
+        )
+    return [real]
 
 
 class _Outcomes(Forwarding):

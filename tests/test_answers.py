@@ -18,6 +18,7 @@ import bln_search
 from bln_search.baselines import BASELINES, replace_bln
 from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.errors import BLNSearchError, UserCodeError
+from bln_search.manifest import SCHEMA_VERSION, STUDY_MANIFEST
 from bln_search.results import leaderboard, winners
 from bln_search.stats import mark_ties, welch_p_value
 from bln_search.trials import config_of
@@ -64,6 +65,9 @@ def synthetic_study(values: dict) -> optuna.Study:
     """A study of complete trials with known values: {(config or baseline, batch size): [value per seed]}."""
     study = optuna.create_study(direction="minimize")
     study.set_user_attr("metric", "val_loss")
+    study.set_user_attr(
+        STUDY_MANIFEST, {"schema": SCHEMA_VERSION, "metric": "val_loss", "direction": "minimize"}
+    )
     distributions = {
         name: optuna.distributions.CategoricalDistribution([False, True]) for name in FLAG_NAMES
     }
