@@ -84,7 +84,7 @@ def replace_bln(model, baseline: str):
     import keras
 
     from bln_search.errors import UserCodeError
-    from bln_search.layer import BatchLayerNormalization
+    from bln_search.layer import BatchLayerNormalization, find_bln_layers
 
     record = get(baseline)
 
@@ -93,12 +93,17 @@ def replace_bln(model, baseline: str):
             return layer.__class__.from_config(layer.get_config())
         return record.make_layer(layer, f"{layer.name}_{baseline}")
 
-    try:
-        clone = keras.models.clone_model(model, clone_function=clone_function)
+    try:  # recursive: a BLN inside a nested Sequential or functional sub-model is replaced too
+        clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     except Exception as error:  # subclassed models cannot be cloned
         raise UserCodeError(
             f"cannot build the {record.label} baseline: the model cannot be cloned "
             f"({type(error).__name__}); baselines need a Sequential or functional model"
         ) from None
+    if find_bln_layers(clone):  # e.g. a BLN inside a subclassed layer, which clone_model copies
+        raise UserCodeError(
+            f"cannot build the {record.label} baseline: a BatchLayerNormalization sits where it "
+            "cannot be replaced (inside a subclassed layer or model)"
+        )
     clone.compile_from_config(model.get_compile_config())
     return clone

@@ -137,6 +137,18 @@ class Data:
             kwargs["validation_data"] = self.validation
         return kwargs
 
+    def dataset_batch_size(self) -> int:
+        """The batch size a batched training dataset really trains with (its first batch's)."""
+        import tensorflow as tf
+
+        for batch in self.train.take(1):
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            first = tf.nest.flatten(x)[0]
+            if len(first.shape) == 0:
+                break
+            return int(first.shape[0])
+        raise DataError("the training dataset is empty or not batched: batch it with .batch(n)")
+
     def validation_dataset(self, batch_size: int):
         """The validation data as one reusable, cached `tf.data.Dataset`.
 

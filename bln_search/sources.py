@@ -16,13 +16,18 @@ import optuna
 from bln_search.errors import UsageError
 from bln_search.trials import (
     ATTR_QUEUED,
+    COMPLETE,
+    PRUNED,
     RUNNING,
     STUDY_GRID_READY,
     WAITING,
     TrainingSetup,
     is_done,
+    is_duplicate,
+    is_repeat,
     setup_attrs,
     setup_of,
+    work_key,
     work_status,
 )
 
@@ -31,6 +36,10 @@ class TrialSource:
     """Hands out the trials of one search; subclasses decide which and how many."""
 
     is_grid = False
+
+    def repeat_of(self, study: optuna.Study, trial) -> optuna.trial.FrozenTrial | None:
+        """An earlier finished trial of the same work, to answer from (never, for the grid)."""
+        return None
 
     def __init__(self, setups: list[TrainingSetup]):
         self.setups = setups
@@ -127,7 +136,13 @@ class GridSource(TrialSource):
 
 
 class SamplerSource(TrialSource):
-    """An Optuna sampler's suggestions, up to `n_trials` finished or running trials in the study."""
+    """An Optuna sampler's suggestions, up to `n_trials` distinct pieces of finished work.
+
+    A sampler may suggest a configuration the study already has (after a
+    resume, or from another worker): `repeat_of` finds the earlier trial so the
+    strategy answers from its stored result instead of training again, and the
+    budget counts distinct work only, never repeats or trials of dead workers.
+    """
 
     def __init__(self, setups: list[TrainingSetup], n_trials: int):
         if len(setups) > 1:
@@ -140,15 +155,45 @@ class SamplerSource(TrialSource):
         super().__init__(setups)
         self.n_trials = n_trials
 
+    def prepare(self, study: optuna.Study, created: bool) -> None:
+        if not created:  # a resume or a second worker: not the first process's suggestions again
+            study.sampler.reseed_rng()
+
     def planned(self) -> int:
         return self.n_trials
 
     def available(self, study: optuna.Study) -> int:
         trials = study.get_trials(deepcopy=False)
-        return self.n_trials - sum(is_done(t) or t.state == RUNNING for t in trials)
+        done = {
+            work_key(t) for t in trials if is_done(t) and not is_repeat(t) and not is_duplicate(t)
+        }
+        running = sum(t.state == RUNNING for t in trials)
+        return min(self.n_trials - len(done), self._distinct_left(done)) - running
+
+    def _distinct_left(self, done: set) -> int:
+        """Configurations never tried (a factory with parameters of its own has no such limit)."""
+        flags_only = all(not own for _, _, own in done)
+        return 16 - len(done) if flags_only else self.n_trials
+
+    def wait_for_others(self, study: optuna.Study, poll: float) -> bool:
+        """True while trials still run: a live worker finishes them, a dead one's are failed and retried."""
+        if not study.get_trials(deepcopy=False, states=(RUNNING,)):
+            return False
+        time.sleep(poll)
+        optuna.storages.fail_stale_trials(study)
+        return True
 
     def setup_for(self, trial: optuna.Trial) -> TrainingSetup:
         setup = self.setups[0]
         for key, value in setup_attrs(setup).items():
             trial.set_user_attr(key, value)
         return setup
+
+    def repeat_of(self, study: optuna.Study, trial) -> optuna.trial.FrozenTrial | None:
+        """A finished trial of the same work as `trial` (its flags, setup and own parameters)."""
+        key = work_key(trial)
+        for earlier in study.get_trials(deepcopy=False, states=(COMPLETE, PRUNED)):
+            if earlier.number != trial.number and not is_repeat(earlier):
+                if work_key(earlier) == key:
+                    return earlier
+        return None

@@ -23,6 +23,7 @@ from bln_search.errors import TrialFailed
 ATTR_FAIL_REASON = "fail_reason"
 ATTR_FAIL_MESSAGE = "fail_message"
 ATTR_HISTORY = "history"
+ATTR_OTHER_METRICS = "other_metrics"  # {validation metric: value per epoch}, besides the ranked one
 ATTR_BEST_EPOCH = "best_epoch"
 ATTR_EPOCHS_TRAINED = "epochs_trained"
 ATTR_FIT_SECONDS = "fit_seconds"
@@ -32,6 +33,7 @@ ATTR_STRATEGY = "strategy"
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial
 ATTR_TRAINING = "training"  # the shared training a trial was evaluated in
 ATTR_BASELINE = "baseline"  # set on baseline trials: which normalization replaced BLN
+ATTR_REPEAT_OF = "repeat_of"  # a sampled repeat, answered from this earlier trial's result
 ATTR_QUEUED = (
     "queued_config"  # set on queued grid trials, so their configuration is known while they wait
 )
@@ -130,6 +132,28 @@ def is_duplicate(trial) -> bool:
     return trial.user_attrs.get(ATTR_FAIL_REASON) == DUPLICATE
 
 
+def is_repeat(trial) -> bool:
+    """A sampled configuration the study already had, answered without training: not new work."""
+    return ATTR_REPEAT_OF in trial.user_attrs
+
+
+def work_key(trial) -> tuple:
+    """What a trial computes: its configuration, its setup, and the factory's own parameters."""
+    own = tuple(sorted((k, repr(v)) for k, v in trial.params.items() if k not in FLAG_NAMES))
+    return config_of(trial), setup_of(trial), own
+
+
+def answer_repeat(trial, earlier) -> float:
+    """Answers `trial` from `earlier`'s stored result (raises `TrialPruned` for a pruned one)."""
+    trial.set_user_attr(ATTR_REPEAT_OF, earlier.number)
+    for key in (ATTR_HISTORY, ATTR_BEST_EPOCH, ATTR_EPOCHS_TRAINED, ATTR_OTHER_METRICS):
+        if key in earlier.user_attrs:
+            trial.set_user_attr(key, earlier.user_attrs[key])
+    if earlier.state == PRUNED:
+        raise optuna.TrialPruned(f"answered from trial {earlier.number}, which was pruned")
+    return earlier.value
+
+
 def work_status(study: optuna.Study) -> tuple[set, set, int]:
     """(work done, work waiting or running, number running); work is a (configuration, setup) pair."""
     done, pending, running = set(), set(), 0
@@ -181,6 +205,13 @@ class Curve:
 
     direction: str
     values: list[float] = field(default_factory=list)
+    others: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_others(self, logs: dict, metric: str) -> None:
+        """Keeps this epoch's other validation metrics, shown beside the ranked one."""
+        for name, value in logs.items():
+            if name.startswith("val_") and name != metric:
+                self.others.setdefault(name, []).append(float(value))
 
     def best(self) -> float:
         return best_of(self.values, self.direction)
@@ -191,3 +222,5 @@ class Curve:
             trial.set_user_attr(ATTR_HISTORY, self.values)
             trial.set_user_attr(ATTR_BEST_EPOCH, best_index(self.values, self.direction) + 1)
             trial.set_user_attr(ATTR_EPOCHS_TRAINED, len(self.values))
+        if self.others:
+            trial.set_user_attr(ATTR_OTHER_METRICS, self.others)

@@ -140,7 +140,9 @@ def test_changing_the_metric_of_an_existing_study_is_refused(data, storage):
         sampler=optuna.samplers.RandomSampler(0),
         n_trials=1,
     )
-    with pytest.raises(bln_search.BLNSearchError, match="ranks by val_loss"):
+    with pytest.raises(
+        bln_search.BLNSearchError, match="metric: .val_loss. in the study, .val_accuracy. now"
+    ):
         bln_search.search(
             models.build,
             data,
@@ -167,3 +169,109 @@ def test_a_queued_trial_keeps_its_configuration_while_its_flags_are_being_sugges
     assert config_of(frozen) == config
     done, pending, running = work_status(study)
     assert (config, TrainingSetup(0, 8)) in pending and running == 1
+
+
+def study_names(storage):
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, False)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"metric": "accuracy"}, "UsageError", "'accuracy' is a training metric"),
+        ({"metric": "val_acuracy"}, "MetricNotReported", "not one the model reports (available:"),
+        ({"data_fn": "data_bad_labels"}, "DataError", "class indices 0..1 for the model's 2"),
+        ({"data_fn": "data_negative_labels"}, "DataError", "found -1"),
+        ({"factory": "build_subclassed", "baselines": True}, "UserCodeError", "cannot be cloned"),
+        ({"data_fn": "data_batched_dataset", "batch_size": [4, 64]}, "UsageError", "batched at 16"),
+    ],
+)
+def test_bad_runs_are_refused_before_the_study_exists(storage, kwargs, error, words):
+    kwargs = dict(kwargs)
+    factory = getattr(models, kwargs.pop("factory", "build"))
+    data = bln_search.check_data(getattr(models, kwargs.pop("data_fn", "load_data"))())
+    with pytest.raises(bln_search.BLNSearchError, match=words.replace("(", r"\(")) as raised:
+        bln_search.search(factory, data, study_name="s", storage=storage, epochs=1, **kwargs)
+    assert type(raised.value).__name__ == error
+    assert "s" not in study_names(storage)
+
+
+def test_baselines_replace_bln_inside_nested_models():
+    import keras
+
+    from bln_search.baselines import replace_bln
+
+    model = models.build_nested()
+    for name in ("batch_norm", "layer_norm", "no_norm"):
+        clone = replace_bln(model, name)
+        assert bln_search.find_bln_layers(clone) == []
+    kinds = {type(layer) for layer in replace_bln(model, "batch_norm")._flatten_layers()}
+    assert keras.layers.BatchNormalization in kinds
+
+
+def test_a_batched_dataset_trains_and_is_shown_at_its_real_batch_size(storage):
+    data = bln_search.check_data(models.data_batched_dataset())
+    study = bln_search.search(
+        models.build,
+        data,
+        study_name="ds",
+        storage=storage,
+        epochs=1,
+        sampler=optuna.samplers.RandomSampler(0),
+        n_trials=1,
+    )
+    assert study.user_attrs["batch_size"] == 16
+    assert study.user_attrs["bln_search_manifest"]["batch_sizes"] == [16]
+    assert study.trials[0].user_attrs["batch_size"] == 16
+    assert list(bln_search.leaderboard(study)["batch_size"]) == [16]
+    assert bln_search.export_document(study)["training"]["batch_size"] == 16
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_samplers_train_distinct_configurations_only(data, storage, sampler):
+    from bln_search.sampling import make_sampler
+    from bln_search.trials import is_repeat
+
+    trained = []
+
+    class Count(SearchObserver):
+        def on_trial_start(self, number, config):
+            trained.append(config)
+
+    for budget in (5, 8):  # a resume, as after an interrupted run
+        study = bln_search.search(
+            models.build,
+            data,
+            study_name=sampler,
+            storage=storage,
+            epochs=1,
+            strategy="per-trial",
+            sampler=make_sampler(sampler, 0),
+            n_trials=budget,
+            observer=Count(),
+        )
+    fresh = [t for t in study.trials if t.state.is_finished() and not is_repeat(t)]
+    assert len({config_of(t) for t in fresh}) == len(fresh) == 8
+    repeats = [t for t in study.trials if is_repeat(t)]
+    assert all(t.value == study.trials[t.user_attrs["repeat_of"]].value for t in repeats)
+
+
+def test_the_leaderboard_works_while_the_first_training_runs(data, storage):
+    seen = {}
+
+    class Peek(SearchObserver):
+        def on_epoch_end(self, number, epoch, epochs, value):
+            if epoch == 1 and not seen:
+                study = optuna.load_study(study_name="live", storage=storage)
+                board = bln_search.leaderboard(study)
+                seen["states"] = set(board["state"])
+                seen["values"] = board["val_loss"].notna().sum()
+                with pytest.raises(SearchFailed, match="no complete trial yet"):
+                    bln_search.export_document(study)
+
+    study = bln_search.search(
+        models.build, data, study_name="live", storage=storage, epochs=2, observer=Peek()
+    )
+    assert seen["states"] == {"running"} and seen["values"] >= 1
+    board = bln_search.leaderboard(study)
+    assert "val_accuracy" in board.columns and board["val_accuracy"].between(0, 1).all()

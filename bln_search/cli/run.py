@@ -35,7 +35,7 @@ class RunOptions:
     model: str
     data: str | None = None
     epochs: int = 5
-    batch_sizes: list[int] = dataclasses.field(default_factory=lambda: [32])
+    batch_sizes: list[int] | None = None  # None: 32 for arrays, a batched dataset's own
     metric: str = "val_loss"
     direction: str | None = None
     sampler: str = "grid"
@@ -112,9 +112,13 @@ def run(
     ] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per trial.")] = 5,
     batch_size: Annotated[
-        int,
-        typer.Option(min=1, help="Training batch size (for array data; datasets come batched)."),
-    ] = 32,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Training batch size for array data [default: 32]; a batched dataset sets its own.",
+            show_default=False,
+        ),
+    ] = None,
     metric: Annotated[
         str, typer.Option(help="Keras log to rank by; a trial scores its best epoch.")
     ] = "val_loss",
@@ -239,7 +243,13 @@ def run(
         model=model,
         data=data,
         epochs=epochs,
-        batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes else [batch_size],
+        batch_sizes=(
+            parse_batch_sizes(batch_sizes)
+            if batch_sizes
+            else [batch_size]
+            if batch_size is not None
+            else None
+        ),
         metric=metric,
         direction=None if Direction(direction).value == "auto" else Direction(direction).value,
         sampler=Sampler(sampler).value,

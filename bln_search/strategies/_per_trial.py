@@ -18,6 +18,7 @@ from bln_search.trials import (
     WORKER,
     Curve,
     TrainingSetup,
+    answer_repeat,
     record_failure,
     suggest_config,
     work_status,
@@ -90,6 +91,9 @@ class PerTrialStrategy(Strategy):
                 reason=DUPLICATE,
             )
         observer.on_trial_start(trial.number, config)
+        earlier = source.repeat_of(study, trial)
+        if earlier is not None:  # the sampler repeated itself: the stored result answers
+            return answer_repeat(trial, earlier)
         return self._train(trial, config, setup, observer)
 
     def _train(
@@ -106,6 +110,7 @@ class PerTrialStrategy(Strategy):
         class Recorder(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
                 curve.values.append(training_logs_value(logs or {}, settings.metric, epoch))
+                curve.add_others(logs or {}, settings.metric)
                 observer.on_epoch_end(trial.number, epoch + 1, settings.epochs, curve.values[-1])
 
         model = self._build(setup, trial)

@@ -30,6 +30,7 @@ from bln_search.trials import (
     WORKER,
     Curve,
     TrainingSetup,
+    answer_repeat,
     record_failure,
     suggest_config,
     work_status,
@@ -102,8 +103,14 @@ class SharedStrategy(Strategy):
                 _tell(study, job, FAIL, None, 0.0, reason=DUPLICATE)
                 break
             job.config = None if setup.is_baseline else suggest_config(trial)
-            if (job.config, setup) in done:
+            if (job.config, setup) in done or any(
+                other.config == job.config for other in groups.get(setup, [])
+            ):
                 _tell(study, job, FAIL, None, 0.0, reason=DUPLICATE)
+                continue
+            earlier = source.repeat_of(study, trial)
+            if earlier is not None:  # the sampler repeated itself: the stored result answers
+                _answer(study, job, earlier)
                 continue
             groups.setdefault(setup, []).append(job)
         return groups
@@ -166,6 +173,10 @@ class SharedStrategy(Strategy):
                     _tell(study, job, FAIL, observer, elapsed(), reason=NON_FINITE, message=message)
                     continue
                 job.curve.values.append(value)
+                if evaluated:
+                    job.curve.add_others(
+                        {f"val_{k}": v for k, v in results.items()}, settings.metric
+                    )
                 job.trial.report(value, step=epoch)
                 observer.on_epoch_end(job.trial.number, epoch + 1, settings.epochs, value)
             # Prune only after every live configuration has reported this epoch.
@@ -214,6 +225,16 @@ def _end_live(
                 _tell(study, job, COMPLETE, observer, seconds, value=job.curve.best())
             else:
                 _tell(study, job, FAIL, observer, seconds, reason=reason, message=message)
+
+
+def _answer(study, job: ConfigTrial, earlier) -> None:
+    """Ends a sampled repeat with the earlier trial's stored result, without training."""
+    job.live = False
+    try:
+        value, state = answer_repeat(job.trial, earlier), COMPLETE
+    except optuna.TrialPruned:
+        value, state = None, PRUNED
+    study.tell(job.trial, state=state, values=value)
 
 
 def _tell(
