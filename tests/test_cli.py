@@ -106,7 +106,32 @@ BAD_RUNS = [
         ["--model", f"{FIX}:build", "--metric", "val_nosuch", "--direction", "minimize"],
         "metric 'val_nosuch' is not one the model reports",
     ),
-    (["--model", f"{FIX}:build", "--metric", "val_accuracy"], "ranks by val_loss"),
+    (["--model", f"{FIX}:build", "--metric", "val_accuracy"], 'metric: "val_loss" in the study'),
+    (["--model", f"{FIX}:build", "--metric", "accuracy"], "'accuracy' is a training metric"),
+    (["--model", f"{FIX}:build", "--metric", "val_acuracy"], "'val_acuracy' is not one the model"),
+    (
+        ["--model", f"{FIX}:build", "--data", f"{FIX}:data_bad_labels"],
+        "training labels must be class indices 0..1 for the model's 2 outputs, found 15",
+    ),
+    (
+        ["--model", f"{FIX}:build_subclassed", "--baselines"],
+        "cannot build the BatchNormalization baseline",
+    ),
+    (
+        [
+            "--model",
+            f"{FIX}:build",
+            "--data",
+            f"{FIX}:data_batched_dataset",
+            "--batch-sizes",
+            "4,64",
+        ],
+        "the training dataset comes batched at 16",
+    ),
+    (
+        ["--model", f"{FIX}:build_other", "--sampler", "random", "--trials", "3"],
+        "cannot take this run's results (model: build [",
+    ),
     (["--model", f"{FIX}:build", "--sampler", "tpe"], "needs --trials"),
     (
         ["--model", f"{FIX}:build", "--strategy", "per-trial", "--configs-per-training", "4"],
@@ -347,3 +372,23 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     study = optuna.load_study(study_name="models-build", storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete) == 16
+
+
+def test_a_foreign_optuna_study_is_refused_by_run_and_export(tmp_path):
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    foreign = optuna.create_study(study_name="foreign", storage=url, direction="maximize")
+    foreign.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    before = [(t.number, t.state, t.values, t.params) for t in foreign.trials]
+    for args in (
+        ["run", "--model", f"{FIX}:build", "--epochs", "1", "-q"],
+        ["export", "-o", str(tmp_path / "best.json")],
+        ["leaderboard"],
+    ):
+        result = CliRunner().invoke(app, [*args, "--storage", url, "--study", "foreign"])
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "not created by bln-search" in lines[0], result.stderr
+        assert "--study" in lines[0]
+    after = optuna.load_study(study_name="foreign", storage=url).trials
+    assert [(t.number, t.state, t.values, t.params) for t in after] == before
+    assert not (tmp_path / "best.json").exists()
