@@ -99,6 +99,7 @@ _FLAGS = {
     "sampler": "--sampler",
     "pruner": "--pruner",
     "baselines": "--baselines",
+    "storage": "--storage",
 }
 
 
@@ -145,6 +146,7 @@ def handles_errors(command):
         except BLNSearchError as error:
             if _state["debug"]:
                 raise
+            error = _storage_fault(error) or error
             error_line(in_flags(str(error)))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
@@ -155,6 +157,10 @@ def handles_errors(command):
                 raise
             from bln_search.errors import first_line
 
+            fault = _storage_fault(error)
+            if fault is not None:
+                error_line(in_flags(str(fault)))
+                raise typer.Exit(fault.exit_code) from None
             error_line(
                 f"unexpected {type(error).__name__}: {first_line(error)} (run with --debug for"
                 f" the traceback)"
@@ -162,6 +168,14 @@ def handles_errors(command):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _storage_fault(error: BaseException):
+    """The storage fault behind an error (a write refused mid-training reads "training failed")."""
+    from bln_search.errors import StorageError
+    from bln_search.storage import storage_fault
+
+    return None if isinstance(error, StorageError) else storage_fault(error)
 
 
 def import_tensorflow_quietly() -> None:
@@ -205,9 +219,9 @@ def quiet_libraries(tensorflow: bool = False) -> None:
 def open_study(storage: str | None, study: str | None):
     """The study a read-only command shows: named, or the storage's only one."""
     from bln_search.errors import StorageError
-    from bln_search.storage import list_studies, load_existing_study, open_storage
+    from bln_search.storage import list_studies, load_existing_study, open_existing_storage
 
-    store = open_storage(storage, heartbeat_seconds=None)
+    store = open_existing_storage(storage)
     if not study:
         names = sorted(s.study_name for s in list_studies(store))
         if not names:

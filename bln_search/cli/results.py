@@ -66,9 +66,9 @@ def studies(storage: StorageOption = None):
     quiet_libraries()
     from rich.table import Table
 
-    from bln_search.storage import list_studies, open_storage
+    from bln_search.storage import list_studies, open_existing_storage
 
-    summaries = list_studies(open_storage(storage, heartbeat_seconds=None))
+    summaries = list_studies(open_existing_storage(storage))
     table = Table(title="studies")
     for column in ("study", "trials", "direction", "metric", "started"):
         table.add_column(column)

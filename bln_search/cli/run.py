@@ -264,11 +264,7 @@ def run(
 def worker(storage: StorageOption = None):
     """A local worker started by `run --workers N`: its settings arrive as JSON in the environment."""
     options = RunOptions.from_json(os.environ[SETTINGS_ENV])
-    execute(
-        dataclasses.replace(options, workers=options.workers, quiet=True, test=None),
-        storage,
-        foreground=False,
-    )
+    execute(dataclasses.replace(options, quiet=True, test=None), storage, foreground=False)
 
 
 def execute(options: RunOptions, storage_url: str | None, foreground: bool = True) -> None:
@@ -288,7 +284,7 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
     from bln_search.loading import load_data, resolve_callable
     from bln_search.sampling import make_sampler
     from bln_search.searching import search
-    from bln_search.storage import load_existing_study, open_storage
+    from bln_search.storage import check_study_name, load_existing_study, open_storage
 
     console = stderr()
     factory = resolve_callable(options.model)
@@ -297,6 +293,7 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
     store = open_storage(
         storage_url, heartbeat_seconds=options.heartbeat, concurrent=options.workers > 1
     )
+    check_study_name(store, options.study_name)
     progress_cls = LogProgress if options.quiet or not console.is_terminal else LiveProgress
     pool = None
     if foreground and options.workers > 1:
