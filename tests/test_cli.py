@@ -202,6 +202,26 @@ def test_train_rejects_malformed_config(tmp_path, content, message):
     assert not (tmp_path / "m.keras").exists()
 
 
+@pytest.mark.parametrize("name", ["a[/]b", "[bold red]red[/]"])
+def test_user_strings_print_as_text_not_markup(tmp_path, name):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    wide = {"COLUMNS": "400"}
+    ran = CliRunner().invoke(
+        app,
+        ["run", "--model", f"{FIX}:build", "--storage", url, "--study", name, "--epochs", "1",
+         "--sampler", "random", "--trials", "2", "-q"],
+        env=wide,
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    assert f"stored in study {name}; export the best with: bln-search export --study '{name}'" in (
+        ran.stderr
+    )
+    for command in (["studies"], ["leaderboard", "--study", name]):
+        shown = CliRunner().invoke(app, [*command, "--storage", url], env=wide)
+        assert shown.exit_code == 0, shown.output
+        assert name in shown.output
+
+
 @pytest.mark.slow
 def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
     """The README's workflow on the digits CNN, each step a real `bln-search` process."""

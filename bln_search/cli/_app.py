@@ -228,7 +228,8 @@ def open_study(storage: str | None, study: str | None):
             raise StorageError("this storage has no studies; run `bln-search run` first")
         if len(names) > 1:
             raise StorageError(
-                f"this storage has {len(names)} studies, pass --study (one of: {', '.join(names)})"
+                f"this storage has {len(names)} studies, pass --study (one of: "
+                f"{', '.join(map(repr, names))})"
             )
         study = names[0]
     return load_existing_study(store, study)

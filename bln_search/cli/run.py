@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -352,13 +353,12 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
             f"worker {first.number} exited with code {first.returncode}: "
             f"{first.last_line or 'no message'}"
         )
-    name = options.study_name
+    name = options.study_name  # the user's text: printed as is, quoted for a shell
     console.print(
-        (
-            f"stored in study [bold]{name}[/]; export the best with: bln-search export --study "
-            f"{name} -o best.json"
-        ),
+        f"stored in study {name}; export the best with: bln-search export --study "
+        f"{shlex.quote(name)} -o best.json",
         highlight=False,
+        markup=False,
     )
 
 
@@ -368,10 +368,8 @@ def _print_test(study, console) -> None:
     for batch_size, result in (study.user_attrs.get(STUDY_TEST) or {}).items():
         shown = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
         console.print(
-            (
-                f"test (batch size {batch_size}, winner [cyan]{result['label']}[/], retrained as "
-                f"in the search; not used for selection): {shown}"
-            ),
+            f"test (batch size {batch_size}, winner [cyan]{result['label']}[/], retrained as "
+            f"in the search; not used for selection): {shown}",
             highlight=False,
         )
 

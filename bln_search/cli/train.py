@@ -53,4 +53,5 @@ def train(
     stderr().print(
         f"trained {epochs} epochs under {statistics.label}: {shown}; saved {output}",
         highlight=False,
+        markup=False,
     )
