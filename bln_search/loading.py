@@ -171,8 +171,11 @@ def as_pair(value, part: str):
             f"{part} data must be an (x, y) pair or a tf.data.Dataset, got {type(value).__name__}"
         )
     x, y = (np.asarray(v) if not isinstance(v, (dict, tuple, list)) else v for v in value)
-    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
-        raise DataError(f"{part} data: x and y must be arrays")
+    if not all(isinstance(v, np.ndarray) and v.ndim for v in (x, y)):  # a generator: 0-d
+        raise DataError(
+            f"{part} data: x and y must be arrays, got {type(value[0]).__name__} and "
+            f"{type(value[1]).__name__}"
+        )
     if len(x) == 0:
         raise DataError(f"{part} data is empty")
     if len(x) != len(y):

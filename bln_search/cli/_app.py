@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -176,6 +177,15 @@ def _storage_fault(error: BaseException):
     from bln_search.storage import storage_fault
 
     return None if isinstance(error, StorageError) else storage_fault(error)
+
+
+def output_path(path: Path) -> Path:
+    """`path` for a file a command will write, checked before any work: its folder must exist."""
+    from bln_search.errors import UsageError
+
+    if str(path) != "-" and not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
 
 
 def import_tensorflow_quietly() -> None:

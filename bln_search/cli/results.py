@@ -16,6 +16,7 @@ from bln_search.cli._app import (
     console,
     handles_errors,
     open_study,
+    output_path,
     quiet_libraries,
     stderr,
 )
@@ -103,6 +104,7 @@ def export(
     """Write the best configuration as a versioned JSON document (read back by `train` and `bln_search.load_config`)."""
     import json
 
+    output_path(output)
     quiet_libraries()
     from bln_search.results import export_document
 
@@ -142,6 +144,7 @@ def report(
     ] = False,
 ):
     """Validation curves, the flags' importance and the per-batch-size winners, as HTML (and PNG)."""
+    output_path(output)
     quiet_libraries()
     from bln_search.report import write_html, write_pngs
 
