@@ -144,7 +144,7 @@ def parse_config_document(document: object, source: str = "document") -> Statist
     if not isinstance(document, Mapping) or document.get("schema") != SCHEMA:
         raise ConfigError(f'{source} is not a bln-search configuration (no "schema": "{SCHEMA}")')
     version = document.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # `true == 1` in Python
         raise ConfigError(
             f"{source} has schema_version {version!r}; this bln-search reads version "
             f"{SCHEMA_VERSION}"
@@ -169,10 +169,14 @@ def load_config(path) -> StatisticsConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start})") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(
             f"{path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from None
+    except RecursionError:
+        raise ConfigError(f"{path} is nested too deeply to be a configuration") from None
     return parse_config_document(document, str(path))

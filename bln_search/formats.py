@@ -72,7 +72,9 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
     `mean ± std`.
     """
     import pandas as pd
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from bln_search.config import StatisticsConfig
 
@@ -89,7 +91,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
         shown = [c for c in shown if c not in ("epochs", "trial", "duration_s")]
     for column in shown:
         table.add_column(
-            _HEADERS.get(column, column),
+            Text(_HEADERS.get(column, column)),  # a metric's name is the user's text
             justify="left" if column in ("state", "vs_winner") else "right",
             no_wrap=True,
         )
@@ -98,7 +100,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
     for _, row in frame.iterrows():
         model = row.get("model", "BLN")
         if model != "BLN" and pd.notna(model):
-            label = f"[magenta]{model}[/]"
+            label = f"[magenta]{escape(str(model))}[/]"
         elif set(FLAG_NAMES) <= set(frame.columns):
             label = f"[cyan]{StatisticsConfig.from_row(row).label}[/]"
         else:
@@ -121,7 +123,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
             elif column == "p_value":
                 cells.append("" if pd.isna(value) else f"{value:.3f}")
             else:
-                cells.append(_cell(value, column))
+                cells.append(escape(_cell(value, column)))
             if column == "rank":
                 cells.append(label)
         rank = row.get("rank")

@@ -16,6 +16,13 @@ import numpy as np
 from bln_search.errors import DataError, UserCodeError
 
 
+def _search_after_libraries(folder: Path) -> None:
+    """Lets the user's modules in `folder` be imported, after the installed packages: a file there
+    named like a library (`optuna_integration.py`) must not replace it."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+
+
 def _import_module(module_spec: str):
     if module_spec.endswith(".py") or "/" in module_spec or "\\" in module_spec:
         path = Path(module_spec)
@@ -27,7 +34,7 @@ def _import_module(module_spec: str):
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        sys.path.insert(0, str(path.resolve().parent))  # so the file can import its siblings
+        _search_after_libraries(path.resolve().parent)  # so the file can import its siblings
         try:
             spec.loader.exec_module(module)
         except Exception as error:
@@ -36,8 +43,8 @@ def _import_module(module_spec: str):
                 f"importing {module_spec} failed: {type(error).__name__}: {error}"
             ) from error
         return module
-    if str(Path.cwd()) not in sys.path and "" not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    if "" not in sys.path:
+        _search_after_libraries(Path.cwd())
     try:
         return importlib.import_module(module_spec)
     except ModuleNotFoundError as error:
@@ -176,8 +183,11 @@ def as_pair(value, part: str):
             f"{part} data must be an (x, y) pair or a tf.data.Dataset, got {type(value).__name__}"
         )
     x, y = (np.asarray(v) if not isinstance(v, (dict, tuple, list)) else v for v in value)
-    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
-        raise DataError(f"{part} data: x and y must be arrays")
+    if not all(isinstance(v, np.ndarray) and v.ndim for v in (x, y)):  # a generator: 0-d
+        raise DataError(
+            f"{part} data: x and y must be arrays, got {type(value[0]).__name__} and "
+            f"{type(value[1]).__name__}"
+        )
     if len(x) == 0:
         raise DataError(f"{part} data is empty")
     if len(x) != len(y):

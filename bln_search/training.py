@@ -32,6 +32,8 @@ def train(
 
     if output is not None and Path(output).suffix != ".keras":
         raise UsageError(f"`output` must end in .keras, got {output}")
+    if output is not None and not Path(output).parent.is_dir():  # known now, not after training
+        raise UsageError(f"cannot write {output}: folder {Path(output).parent} does not exist")
     keras.utils.set_random_seed(seed)
     model = build_model(model_factory)
     check_data_fits_model(data, model)

@@ -138,6 +138,10 @@ BAD_RUNS = [
         "--configs-per-training only applies to the shared strategy",
     ),
     (["--model", f"{FIX}:build_with_trial", "--strategy", "shared"], "set --strategy to per-trial"),
+    (
+        ["--model", f"{FIX}:build", "--data", f"{FIX}:data_generators"],
+        "training data: x and y must be arrays, got generator",
+    ),
 ]
 
 
@@ -204,13 +208,23 @@ def test_unknown_study(existing, command):
     assert "no study named 'nosuch'; studies here: existing" in result.stderr
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [("{broken", "is not valid JSON"), ('{"a": 1}', "not a bln-search configuration")],
-)
+BEST = {"schema": "bln-search/best-config", "schema_version": 1, "config": {
+    "batch_moving_mean": True, "batch_moving_var": True,
+    "feature_moving_mean": False, "feature_moving_var": False,
+}}  # fmt: skip
+BAD_CONFIGS = [
+    ("{broken", "is not valid JSON"),
+    ('{"a": 1}', "not a bln-search configuration"),
+    (b'{"schema": "\xff\xfe"}', "is not UTF-8 text"),
+    ("[" * 200_000 + "]" * 200_000, "is nested too deeply"),
+    (json.dumps({**BEST, "schema_version": True}), "has schema_version True"),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
 def test_train_rejects_malformed_config(tmp_path, content, message):
     path = tmp_path / "best.json"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     result = CliRunner().invoke(
         app,
         [
@@ -224,7 +238,43 @@ def test_train_rejects_malformed_config(tmp_path, content, message):
         ],
     )
     assert result.exit_code == 1 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "unexpected" not in result.stderr
     assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "export", "report"])
+def test_writing_into_a_missing_folder_fails_before_any_work(existing, tmp_path, command):
+    (tmp_path / "best.json").write_text(json.dumps(BEST))
+    args = {
+        "train": ["--model", f"{FIX}:build", "-c", str(tmp_path / "best.json"), "--epochs", "500"],
+        "export": ["--storage", existing[1]],
+        "report": ["--storage", existing[1]],
+    }[command]
+    target = tmp_path / "no" / "out.keras"
+    result = CliRunner().invoke(app, [command, *args, "-o", str(target)])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"folder {tmp_path / 'no'} does not exist" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("name", ["a[/]b", "[bold red]red[/]"])
+def test_user_strings_print_as_text_not_markup(tmp_path, name):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    wide = {"COLUMNS": "400"}
+    ran = CliRunner().invoke(
+        app,
+        ["run", "--model", f"{FIX}:build", "--storage", url, "--study", name, "--epochs", "1",
+         "--sampler", "random", "--trials", "2", "-q"],
+        env=wide,
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    assert f"stored in study {name}; export the best with: bln-search export --study '{name}'" in (
+        ran.stderr
+    )
+    for command in (["studies"], ["leaderboard", "--study", name]):
+        shown = CliRunner().invoke(app, [*command, "--storage", url], env=wide)
+        assert shown.exit_code == 0, shown.output
+        assert name in shown.output
 
 
 @pytest.mark.slow

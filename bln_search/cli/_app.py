@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -99,6 +100,7 @@ _FLAGS = {
     "sampler": "--sampler",
     "pruner": "--pruner",
     "baselines": "--baselines",
+    "storage": "--storage",
 }
 
 
@@ -145,6 +147,7 @@ def handles_errors(command):
         except BLNSearchError as error:
             if _state["debug"]:
                 raise
+            error = _storage_fault(error) or error
             error_line(in_flags(str(error)))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
@@ -155,6 +158,10 @@ def handles_errors(command):
                 raise
             from bln_search.errors import first_line
 
+            fault = _storage_fault(error)
+            if fault is not None:
+                error_line(in_flags(str(fault)))
+                raise typer.Exit(fault.exit_code) from None
             error_line(
                 f"unexpected {type(error).__name__}: {first_line(error)} (run with --debug for"
                 f" the traceback)"
@@ -162,6 +169,23 @@ def handles_errors(command):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _storage_fault(error: BaseException):
+    """The storage fault behind an error (a write refused mid-training reads "training failed")."""
+    from bln_search.errors import StorageError
+    from bln_search.storage import storage_fault
+
+    return None if isinstance(error, StorageError) else storage_fault(error)
+
+
+def output_path(path: Path) -> Path:
+    """`path` for a file a command will write, checked before any work: its folder must exist."""
+    from bln_search.errors import UsageError
+
+    if str(path) != "-" and not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
 
 
 def import_tensorflow_quietly() -> None:
@@ -205,16 +229,17 @@ def quiet_libraries(tensorflow: bool = False) -> None:
 def open_study(storage: str | None, study: str | None):
     """The study a read-only command shows: named, or the storage's only one."""
     from bln_search.errors import StorageError
-    from bln_search.storage import list_studies, load_existing_study, open_storage
+    from bln_search.storage import list_studies, load_existing_study, open_existing_storage
 
-    store = open_storage(storage, heartbeat_seconds=None)
+    store = open_existing_storage(storage)
     if not study:
         names = sorted(s.study_name for s in list_studies(store))
         if not names:
             raise StorageError("this storage has no studies; run `bln-search run` first")
         if len(names) > 1:
             raise StorageError(
-                f"this storage has {len(names)} studies, pass --study (one of: {', '.join(names)})"
+                f"this storage has {len(names)} studies, pass --study (one of: "
+                f"{', '.join(map(repr, names))})"
             )
         study = names[0]
     return load_existing_study(store, study)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+from rich.markup import escape
 
 from bln_search.baselines import BASELINES, get
 from bln_search.config import StatisticsConfig
@@ -61,7 +62,7 @@ class LiveProgress(SearchObserver):
 
     def _status(self, epoch_text: str = "") -> str:
         best = "–" if self.best is None else f"{self.best:.4f}"
-        return f"{self.current} {epoch_text} [dim]best {self.metric}[/] {best}"
+        return f"{self.current} {escape(epoch_text)} [dim]best {escape(self.metric)}[/] {best}"
 
     def _refresh(self) -> int:
         """Finished trials and the best BLN value so far, read from the storage: other workers count too."""

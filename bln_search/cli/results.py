@@ -16,6 +16,7 @@ from bln_search.cli._app import (
     console,
     handles_errors,
     open_study,
+    output_path,
     quiet_libraries,
     stderr,
 )
@@ -33,12 +34,16 @@ def print_leaderboard(study, fmt: str = "table", to=None) -> None:
     if fmt != "table":
         sys.stdout.write(to_text(frame, fmt))
         return
+    from rich.markup import escape
+
     to = to or console()
     metric, direction = study_metric(study)
     groups = list(frame.groupby("batch_size", sort=True)) if not frame.empty else [(None, frame)]
     for batch_size, group in groups:
         size = f", batch size {batch_size}" if batch_size is not None else ""
-        title = f"{study.study_name}{size}: {len(group)} candidates by {metric} ({direction})"
+        title = escape(
+            f"{study.study_name}{size}: {len(group)} candidates by {metric} ({direction})"
+        )
         to.print(rich_table(group, title=title))
 
 
@@ -65,10 +70,11 @@ def studies(storage: StorageOption = None):
     """List the studies in a storage."""
     quiet_libraries()
     from rich.table import Table
+    from rich.text import Text
 
-    from bln_search.storage import list_studies, open_storage
+    from bln_search.storage import list_studies, open_existing_storage
 
-    summaries = list_studies(open_storage(storage, heartbeat_seconds=None))
+    summaries = list_studies(open_existing_storage(storage))
     table = Table(title="studies")
     for column in ("study", "trials", "direction", "metric", "started"):
         table.add_column(column)
@@ -76,11 +82,11 @@ def studies(storage: StorageOption = None):
         started = (
             summary.datetime_start.strftime("%Y-%m-%d %H:%M") if summary.datetime_start else "–"
         )
-        table.add_row(
-            summary.study_name,
+        table.add_row(  # names are the user's text, never markup
+            Text(summary.study_name),
             str(summary.n_trials),
             summary.direction.name.lower(),
-            str(summary.user_attrs.get("metric", "–")),
+            Text(str(summary.user_attrs.get("metric", "–"))),
             started,
         )
     console().print(table)
@@ -98,6 +104,7 @@ def export(
     """Write the best configuration as a versioned JSON document (read back by `train` and `bln_search.load_config`)."""
     import json
 
+    output_path(output)
     quiet_libraries()
     from bln_search.results import export_document
 
@@ -113,6 +120,7 @@ def export(
                 f"{document['metric']['value']:.4f})"
             ),
             highlight=False,
+            markup=False,
         )
 
 
@@ -136,6 +144,7 @@ def report(
     ] = False,
 ):
     """Validation curves, the flags' importance and the per-batch-size winners, as HTML (and PNG)."""
+    output_path(output)
     quiet_libraries()
     from bln_search.report import write_html, write_pngs
 
@@ -143,4 +152,4 @@ def report(
     written = [write_html(found, output)]
     if png:
         written += write_pngs(found, output)
-    stderr().print("wrote " + ", ".join(str(path) for path in written), highlight=False)
+    stderr().print("wrote " + ", ".join(map(str, written)), highlight=False, markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -274,11 +275,7 @@ def run(
 def worker(storage: StorageOption = None):
     """A local worker started by `run --workers N`: its settings arrive as JSON in the environment."""
     options = RunOptions.from_json(os.environ[SETTINGS_ENV])
-    execute(
-        dataclasses.replace(options, workers=options.workers, quiet=True, test=None),
-        storage,
-        foreground=False,
-    )
+    execute(dataclasses.replace(options, quiet=True, test=None), storage, foreground=False)
 
 
 def execute(options: RunOptions, storage_url: str | None, foreground: bool = True) -> None:
@@ -298,7 +295,7 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
     from bln_search.loading import load_data, resolve_callable
     from bln_search.sampling import make_sampler
     from bln_search.searching import search
-    from bln_search.storage import load_existing_study, open_storage
+    from bln_search.storage import check_study_name, load_existing_study, open_storage
 
     console = stderr()
     factory = resolve_callable(options.model)
@@ -307,6 +304,7 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
     store = open_storage(
         storage_url, heartbeat_seconds=options.heartbeat, concurrent=options.workers > 1
     )
+    check_study_name(store, options.study_name)
     progress_cls = LogProgress if options.quiet or not console.is_terminal else LiveProgress
     pool = None
     if foreground and options.workers > 1:
@@ -365,13 +363,12 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
             f"worker {first.number} exited with code {first.returncode}: "
             f"{first.last_line or 'no message'}"
         )
-    name = options.study_name
+    name = options.study_name  # the user's text: printed as is, quoted for a shell
     console.print(
-        (
-            f"stored in study [bold]{name}[/]; export the best with: bln-search export --study "
-            f"{name} -o best.json"
-        ),
+        f"stored in study {name}; export the best with: bln-search export --study "
+        f"{shlex.quote(name)} -o best.json",
         highlight=False,
+        markup=False,
     )
 
 
@@ -381,10 +378,8 @@ def _print_test(study, console) -> None:
     for batch_size, result in (study.user_attrs.get(STUDY_TEST) or {}).items():
         shown = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
         console.print(
-            (
-                f"test (batch size {batch_size}, winner [cyan]{result['label']}[/], retrained as "
-                f"in the search; not used for selection): {shown}"
-            ),
+            f"test (batch size {batch_size}, winner [cyan]{result['label']}[/], retrained as "
+            f"in the search; not used for selection): {shown}",
             highlight=False,
         )
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bln_search.cli._app import app, handles_errors, quiet_libraries, stderr
+from bln_search.cli._app import app, handles_errors, output_path, quiet_libraries, stderr
 
 
 @app.command()
@@ -40,6 +40,7 @@ def train(
     from bln_search.config import load_config
 
     statistics = load_config(config)  # validate before anything slow
+    output_path(output)
     quiet_libraries(tensorflow=True)
     from bln_search.loading import load_data, resolve_callable
     from bln_search.training import train as train_model
@@ -53,4 +54,5 @@ def train(
     stderr().print(
         f"trained {epochs} epochs under {statistics.label}: {shown}; saved {output}",
         highlight=False,
+        markup=False,
     )

@@ -45,7 +45,8 @@ class WorkerPool:
         }
         for _ in range(self.count):
             log = tempfile.TemporaryFile(mode="w+")
-            command = [sys.executable, "-m", "bln_search.cli", "worker"]
+            # -P: the working directory is not put first on sys.path, where it could replace a library.
+            command = [sys.executable, "-P", "-m", "bln_search.cli", "worker"]
             # Own process group: a terminal's Ctrl-C reaches the foreground worker, which stops these.
             process = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True
