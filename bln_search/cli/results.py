@@ -153,3 +153,16 @@ def report(
     if png:
         written += write_pngs(found, output)
     stderr().print("wrote " + ", ".join(map(str, written)), highlight=False, markup=False)
+
+
+def print_test(study, console) -> None:
+    """The test metric of each batch size's winner, after a `run` with test data."""
+    from bln_search.trials import STUDY_TEST
+
+    for batch_size, result in (study.user_attrs.get(STUDY_TEST) or {}).items():
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
+        console.print(
+            f"test (batch size {batch_size}, winner [cyan]{result['label']}[/], retrained as "
+            f"in the search; not used for selection): {shown}",
+            highlight=False,
+        )

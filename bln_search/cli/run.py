@@ -348,10 +348,11 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
             except KeyboardInterrupt:
                 exits = _stop_workers(pool, stop=True)
                 interrupted = SearchInterrupted()
+    from bln_search.cli.results import print_leaderboard, print_test
+
     finished = load_existing_study(store, options.study_name)
     if interrupted is None and test_data is not None:
-        _print_test(finished, console)
-    from bln_search.cli.results import print_leaderboard
+        print_test(finished, console)
 
     print_leaderboard(finished, "table", console)
     if interrupted is not None:
@@ -370,18 +371,6 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
         highlight=False,
         markup=False,
     )
-
-
-def _print_test(study, console) -> None:
-    from bln_search.trials import STUDY_TEST
-
-    for batch_size, result in (study.user_attrs.get(STUDY_TEST) or {}).items():
-        shown = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
-        console.print(
-            f"test (batch size {batch_size}, winner [cyan]{result['label']}[/], retrained as "
-            f"in the search; not used for selection): {shown}",
-            highlight=False,
-        )
 
 
 class _StartWorkers:

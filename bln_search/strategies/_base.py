@@ -71,7 +71,7 @@ class Strategy:
         return source.wait_for_others(study, self._poll())
 
     def _poll(self) -> float:
-        from bln_search.storage import heartbeat_interval
+        from bln_search.heartbeats import heartbeat_interval
 
         return min(5.0, max(0.5, heartbeat_interval(self.storage) or 5.0))
 

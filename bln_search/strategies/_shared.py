@@ -11,11 +11,11 @@ import optuna
 
 from bln_search.config import StatisticsConfig
 from bln_search.errors import MetricNotReported, failure_of
+from bln_search.heartbeats import TrialHeartbeats
 from bln_search.interrupts import check as check_interrupt
 from bln_search.interrupts import interrupt_checker
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
-from bln_search.storage import TrialHeartbeats
 from bln_search.strategies._base import Strategy, training_logs_value
 from bln_search.trials import (
     ATTR_STRATEGY,

@@ -1,0 +1,61 @@
+"""Heartbeats of running trials, so a killed worker's trials are found and retried.
+
+`Study.optimize` records heartbeats itself; the ask-and-tell trials of a
+shared training record them here, through the storage's public API.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+def heartbeat_interval(storage) -> int | None:
+    """Seconds between heartbeats if the storage records them (RDB storages opened by bln-search do)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
+
+
+def _trial_id(trial) -> int:
+    """The storage's id of a trial. The one private access to Optuna in bln-search: the public
+    heartbeat API (`storage.record_heartbeat`) takes this id, and an ask-and-tell trial exposes it
+    nowhere else (`Study.optimize` reads the same attribute for its own heartbeat thread)."""
+    return trial._trial_id
+
+
+class TrialHeartbeats:
+    """Records a heartbeat for every live trial of a shared training, through the storage's public API.
+
+    `Study.optimize` runs one heartbeat thread per trial; the ask-and-tell
+    trials of a shared training need this instead, so that a killed worker's
+    trials become stale and are retried like any other. `live()` returns the
+    trials still running (a pruned or failed one needs no more beats).
+    """
+
+    def __init__(self, storage, trials, live=None):
+        self.interval = heartbeat_interval(storage)
+        self.storage = storage
+        self.live = live or (lambda: trials)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="bln-search-heartbeat", daemon=True)
+
+    @staticmethod
+    def beat_once(storage, trial) -> None:
+        """A first heartbeat at once, so a worker killed before training still leaves a stale trial."""
+        if heartbeat_interval(storage):
+            storage.record_heartbeat(_trial_id(trial))
+
+    def _beat(self) -> None:
+        while True:
+            for trial in list(self.live()):
+                self.storage.record_heartbeat(_trial_id(trial))
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        if self.interval:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.interval:
+            self.stop.set()
+            self.thread.join()
