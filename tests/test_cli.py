@@ -350,7 +350,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     import signal
     import time
 
-    model = f"{FIX}:build"
+    model = f"{FIX}:build_slow"  # same epochs for the re-run: a study refuses others
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
         [
@@ -359,7 +359,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
             "--model",
             model,
             "--epochs",
-            "400",
+            "6",
             "-q",
             "--pruner",
             "none",
@@ -378,7 +378,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
         time.sleep(0.5)
         if (tmp_path / "bln-search.db").exists():
             try:
-                trials = optuna.load_study(study_name="models-build", storage=url).trials
+                trials = optuna.load_study(study_name="models-build_slow", storage=url).trials
             except Exception:
                 continue
             states = [t.state for t in trials]
@@ -401,7 +401,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     assert (
         "rank" in err and "running" not in err
     )  # the leaderboard so far, on stderr with the other human output
-    study = optuna.load_study(study_name="models-build", storage=url)
+    study = optuna.load_study(study_name="models-build_slow", storage=url)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     interrupted = [t for t in study.trials if t.user_attrs.get("fail_reason") == "interrupted"]
     assert len(interrupted) == (1 if strategy == "per-trial" else 16)
@@ -410,7 +410,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
         "--model",
         model,
         "--epochs",
-        "2",
+        "6",
         "-q",
         "--pruner",
         "none",
@@ -419,7 +419,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
         cwd=tmp_path,
     )
     assert rerun.returncode == 0, rerun.stderr
-    study = optuna.load_study(study_name="models-build", storage=url)
+    study = optuna.load_study(study_name="models-build_slow", storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len({tuple(sorted(t.params.items())) for t in complete}) == len(complete) == 16
 
