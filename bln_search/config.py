@@ -180,3 +180,14 @@ def load_config(path) -> StatisticsConfig:
     except RecursionError:
         raise ConfigError(f"{path} is nested too deeply to be a configuration") from None
     return parse_config_document(document, str(path))
+
+
+def load_document(path) -> dict:
+    """The whole exported document (validated like `load_config`): the flags plus how the winner
+    was trained (`training`: epochs, batch size, seed; `params`: the factory's own values)."""
+    import json
+
+    load_config(path)  # every check, in one clear line
+    from pathlib import Path
+
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from bln_search.config import StatisticsConfig
+from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.errors import DataError
 from bln_search.loading import Data, as_pair
 from bln_search.trials import STUDY_TEST
@@ -23,7 +23,7 @@ def evaluate_winners(
     model_factory: Callable[..., Any], data: Data, test, study: optuna.Study
 ) -> dict[str, dict]:
     """{batch size: {"config": ..., "metrics": {"test_loss": ..., ...}}}, also stored on the study."""
-    from bln_search.results import winners
+    from bln_search.results import study_metric, winners
     from bln_search.training import evaluate, train
 
     test = as_pair(test, "test")
@@ -34,11 +34,21 @@ def evaluate_winners(
         )
     epochs = int(study.user_attrs.get("epochs", 5))
     seed = int(study.user_attrs.get("seed", 0))
+    metric, direction = study_metric(study)
     results = {}
     for batch_size, row in winners(study).items():
         config = StatisticsConfig.from_row(row)
-        model, _ = train(
-            model_factory, data, config, epochs=epochs, batch_size=batch_size, seed=seed
+        trial = study.trials[int(row["trial"])]
+        model, _, _ = train(  # as the search trained it, its best validation epoch kept
+            model_factory,
+            data,
+            config,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            params={k: v for k, v in trial.params.items() if k not in FLAG_NAMES},
+            metric=metric,
+            direction=direction,
         )
         metrics = evaluate(model, test, batch_size, prefix="test_")
         results[str(batch_size)] = {

@@ -67,6 +67,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         "duration_s",
         "history",
         "others",
+        "params",
     ]
     if frame.empty:
         return pd.DataFrame(columns=columns)
@@ -116,8 +117,14 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     # All NaT (nothing finished yet) leaves an object column without the .dt accessor.
     frame["duration_s"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
     frame["_order"] = frame["state"].map(_STATE_ORDER)
+    # A factory's own searched values make another candidate of the same flags.
+    frame["params"] = [
+        params_text({k: v for k, v in trials[n].params.items() if k not in FLAG_NAMES})
+        for n in frame["number"]
+    ]
     frame["_candidate"] = [
-        c.label if c is not None else m for c, m in zip(frame["config"], frame["model"])
+        (c.label if c is not None else m) + (f" {p}" if p else "")
+        for c, m, p in zip(frame["config"], frame["model"], frame["params"])
     ]
     frame = frame.sort_values(
         ["_order", "value"], ascending=[True, direction == "minimize"], na_position="last"
@@ -163,6 +170,8 @@ def leaderboard(
         return pd.DataFrame(columns=columns)
     # The model's other validation metrics, at each run's ranked epoch (mean over seeds).
     others = sorted({name for found in runs["others"] for name in found})
+    if runs["params"].astype(bool).any():  # a factory with values of its own: show them
+        columns.insert(columns.index("model") + 1 + len(FLAG_NAMES), "params")
     columns[columns.index(f"{metric}_std") + 1 : columns.index(f"{metric}_std") + 1] = others
     rows = []
     for (batch_size, candidate), group in runs.groupby(["batch_size", "_candidate"], sort=False):
@@ -187,6 +196,7 @@ def leaderboard(
                     name: _mean([found[name] for found in usable["others"] if name in found])
                     for name in others
                 },
+                "params": best_run["params"],
                 "seeds": len(values),
                 "best_epoch": best_run["best_epoch"],
                 "epochs": group["epochs"].max(),
@@ -226,6 +236,13 @@ def leaderboard(
     for column in ("best_epoch", "epochs"):
         board[column] = pd.to_numeric(board[column], errors="coerce").astype("Int64")
     return board[columns].reset_index(drop=True)
+
+
+def params_text(params: dict) -> str:
+    """A factory's own values, compactly: `learning_rate=0.0123, units=64`."""
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items())
+    )
 
 
 def _mean(values) -> float:
@@ -283,6 +300,8 @@ def export_document(study: optuna.Study) -> dict:
         }
 
     training["batch_size"] = min(found)
+    training["best_epoch"] = trial.user_attrs.get(ATTR_BEST_EPOCH)
+    own = {k: v for k, v in trial.params.items() if k not in FLAG_NAMES}
     return config_document(
         config_of(trial),
         metric=metric,
@@ -293,5 +312,6 @@ def export_document(study: optuna.Study) -> dict:
         extra={
             "training": training,
             "by_batch_size": {str(b): entry(row) for b, row in sorted(found.items())},
+            "params": own,
         },
     )

@@ -1,56 +1,128 @@
-"""Final training (or fine-tuning) under a chosen statistics configuration."""
+"""Final training (or fine-tuning) under a chosen statistics configuration (imports Keras)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import keras
+
 from bln_search.config import StatisticsConfig
-from bln_search.errors import UsageError, UserCodeError, first_line, training_failed
+from bln_search.errors import (
+    MetricNotReported,
+    UsageError,
+    UserCodeError,
+    first_line,
+    training_failed,
+)
 from bln_search.loading import Data, build_model, check_data_fits_model
 
 
 def train(
-    model_factory: Callable[[], Any],
+    model_factory: Callable[..., Any] | None,
     data: Data,
     config: StatisticsConfig,
     *,
     epochs: int,
     batch_size: int = 32,
     seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+    metric: str = "val_loss",
+    direction: str = "minimize",
+    keep: str = "best",
+    initial_model: str | Path | None = None,
+    initial_epoch: int = 0,
+    verbose: int = 0,
     output: str | Path | None = None,
 ):
-    """Builds the model, applies `config`, fits with the epoch-reset callback and saves it.
+    """Builds the model (or loads `initial_model`), applies `config`, fits and saves it.
 
-    Returns `(model, validation metrics dict)`. The validation metrics are
-    measured under `config`, after training.
+    `params`: the factory's own searched values, replayed through an
+    `optuna.trial.FixedTrial` for a factory that takes a `trial`. `keep="best"`
+    restores the weights (population statistics included) of the epoch with the
+    best `metric` under `config`; `"last"` keeps the last epoch's.
+    `initial_model` continues a saved `.keras` model from `initial_epoch`
+    (fine-tuning, or the rest of a training). Returns `(model, validation
+    metrics dict, best epoch)`; the metrics are measured under `config`.
     """
-    import keras
-
     from bln_search.layer import ResetPopulationStatistics, configure
 
+    if keep not in ("best", "last"):
+        raise UsageError(f"`keep` must be 'best' or 'last', got {keep!r}")
     if output is not None and Path(output).suffix != ".keras":
         raise UsageError(f"`output` must end in .keras, got {output}")
     if output is not None and not Path(output).parent.is_dir():  # known now, not after training
         raise UsageError(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    if initial_epoch >= epochs:
+        raise UsageError(f"`initial_epoch` ({initial_epoch}) must be below `epochs` ({epochs})")
     keras.utils.set_random_seed(seed)
-    model = build_model(model_factory)
+    model = _initial_model(model_factory, params, initial_model)
     check_data_fits_model(data, model)
     configure(model, config)
+    best = _KeepBest(metric, direction, active=keep == "best")
     try:
         model.fit(
-            **data.fit_kwargs(batch_size, validation=False),
+            **data.fit_kwargs(batch_size),
             epochs=epochs,
-            verbose=0,
-            callbacks=[ResetPopulationStatistics()],
+            initial_epoch=initial_epoch,
+            verbose=verbose,
+            callbacks=[ResetPopulationStatistics(), best],
         )
     except Exception as error:
         raise training_failed(error) from error
+    best.restore(model)
     metrics = evaluate(model, data.validation, batch_size, prefix="val_")
     if output is not None:
         model.save(output)
-    return model, metrics
+    return model, metrics, best.epoch
+
+
+def _initial_model(model_factory, params, initial_model):
+    """A saved model to continue, or the factory's, with its own values replayed."""
+    from bln_search.loading import takes_trial
+
+    if initial_model is not None:
+        try:
+            return keras.saving.load_model(initial_model)
+        except Exception as error:
+            raise UserCodeError(f"cannot load {initial_model}: {first_line(error)}") from None
+    trial = None
+    if takes_trial(model_factory):
+        import optuna
+
+        if not params:
+            raise UsageError(
+                "the factory takes a `trial`, but the export holds none of its values: export "
+                "the study again with this bln-search"
+            )
+        trial = optuna.trial.FixedTrial(dict(params))
+    return build_model(model_factory, trial)
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Remembers the weights of the best epoch by `metric` (all of them: the population
+    statistics live in non-trainable weights) and restores them after training."""
+
+    def __init__(self, metric: str, direction: str, active: bool):
+        super().__init__()
+        self.metric, self.direction, self.active = metric, direction, active
+        self.best, self.weights, self.epoch = None, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.metric)
+        if value is None:
+            raise MetricNotReported(self.metric, logs or {})
+        if self.best is None or (
+            value < self.best if self.direction == "minimize" else value > self.best
+        ):
+            self.best, self.epoch = value, epoch + 1
+            if self.active:
+                self.weights = self.model.get_weights()
+
+    def restore(self, model) -> None:
+        if self.active and self.weights is not None:
+            model.set_weights(self.weights)
 
 
 def evaluate(model, data, batch_size: int, prefix: str) -> dict[str, float]:

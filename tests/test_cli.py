@@ -322,20 +322,17 @@ def test_run_leaderboard_export_train_through_real_subprocesses(tmp_path):
     assert best["value"] == pytest.approx(document["metric"]["value"])
     assert best["params"] == document["config"]
 
+    # `train` takes its defaults from the export: the search's epochs, batch size and seed.
     trained = bln_search_command(
-        "train",
-        "--model",
-        model,
-        "--config",
-        "best.json",
-        "--epochs",
-        "1",
-        "-o",
-        "final.keras",
-        cwd=tmp_path,
+        "train", "--model", model, "--config", "best.json", "-o", "final.keras", cwd=tmp_path
     )
     assert trained.returncode == 0, trained.stderr
+    last = trained.stderr.strip().splitlines()[-1]
+    assert "trained epochs 1-2 at batch size 32, seed 0" in last, last
+    assert "(best on validation)" in last and "saved final.keras" in last
     import keras
+
+    import bln_search.layer  # noqa: F401  (registers the layer for load_model)
 
     loaded = keras.saving.load_model(tmp_path / "final.keras")
     assert all(
@@ -442,3 +439,48 @@ def test_a_foreign_optuna_study_is_refused_by_run_and_export(tmp_path):
     after = optuna.load_study(study_name="foreign", storage=url).trials
     assert [(t.number, t.state, t.values, t.params) for t in after] == before
     assert not (tmp_path / "best.json").exists()
+
+
+@pytest.mark.slow
+def test_train_replays_a_trial_factory_s_values_and_continues_a_saved_model(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lr.db'}"
+    common = ["--storage", url, "--study", "lr", "-q"]
+    searched = CliRunner().invoke(
+        app,
+        ["run", "--model", f"{FIX}:build_with_trial", "--epochs", "2", "--batch-size", "16"]
+        + ["--sampler", "random", "--trials", "2", "--pruner", "none", *common],
+    )
+    assert searched.exit_code == 0, searched.output
+    best = tmp_path / "best.json"
+    assert CliRunner().invoke(app, ["export", "-o", str(best), *common[:4]]).exit_code == 0
+    document = json.loads(best.read_text())
+    assert set(document["params"]) == {"learning_rate"}
+    assert document["training"]["batch_size"] == 16 and document["training"]["epochs"] == 2
+
+    first = tmp_path / "first.keras"
+    trained = CliRunner().invoke(
+        app, ["train", "-m", f"{FIX}:build_with_trial", "-c", str(best), "-o", str(first)]
+    )
+    assert trained.exit_code == 0, trained.output
+    line = trained.stderr.strip().splitlines()[-1]
+    rate = document["params"]["learning_rate"]
+    assert "at batch size 16, seed 0, under" in line and f"learning_rate={rate!r}" in line
+
+    more = CliRunner().invoke(
+        app,
+        ["train", "-m", f"{FIX}:build_with_trial", "-c", str(best), "-o", str(tmp_path / "m.keras")]
+        + ["--from", str(first), "--initial-epoch", "2", "--epochs", "3", "--keep-last"],
+    )
+    assert more.exit_code == 0, more.output
+    assert "trained epochs 3-3" in more.stderr and "kept epoch 3 (last)" in more.stderr
+
+
+def test_train_keeps_the_best_epoch_on_validation(data):
+    """The kept weights are the best epoch's under the configuration, as the search scores a trial."""
+    config = bln_search.StatisticsConfig(True, True, False, False)
+    model, best, epoch = bln_search.train(models.build_jumpy, data, config, epochs=6)
+    curve = model.history.history["val_loss"]
+    assert curve.index(min(curve)) + 1 == epoch < len(curve)  # the fixture's best is not its last
+    assert best["val_loss"] == pytest.approx(min(curve), rel=1e-5)
+    model, last, epoch = bln_search.train(models.build_jumpy, data, config, epochs=6, keep="last")
+    assert last["val_loss"] == pytest.approx(model.history.history["val_loss"][-1], rel=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pandas as pd
 import pytest
 
 import bln_search
@@ -275,3 +276,28 @@ def test_the_leaderboard_works_while_the_first_training_runs(data, storage):
     assert seen["states"] == {"running"} and seen["values"] >= 1
     board = bln_search.leaderboard(study)
     assert "val_accuracy" in board.columns and board["val_accuracy"].between(0, 1).all()
+
+
+def test_a_trial_factory_s_own_values_make_separate_leaderboard_rows(data, storage):
+    def run(n_trials):
+        return bln_search.search(
+            models.build_with_trial,
+            data,
+            study_name="own",
+            storage=storage,
+            epochs=1,
+            sampler=optuna.samplers.RandomSampler(0),
+            n_trials=n_trials,
+        )
+
+    study = run(1)
+    flags = bln_search.StatisticsConfig(True, True, False, False).as_dict()
+    for rate in (0.01, 0.05):
+        study.enqueue_trial({**flags, "learning_rate": rate})
+    study = run(3)
+    board = bln_search.leaderboard(study)
+    same = board[(board[list(flags)] == pd.Series(flags)).all(axis=1)]
+    assert {"learning_rate=0.01", "learning_rate=0.05"} <= set(same["params"])
+    document = bln_search.export_document(study)
+    winner = study.trials[document["trial"]]
+    assert document["params"] == {"learning_rate": winner.params["learning_rate"]}
