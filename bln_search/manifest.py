@@ -29,6 +29,7 @@ COMPARED = {
     "metric": "metric",
     "direction": "direction",
     "strategy": "strategy",
+    "patience": "patience",
     "sampler": "sampler",
     "search_space": "search space of the factory's own trial parameters",
 }
@@ -48,6 +49,7 @@ class Manifest:
     strategy: str
     sampler: str
     search_space: dict[str, Any] | None
+    patience: int | None = None
     seeds: list[int] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)

@@ -36,6 +36,13 @@ def _patient(epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.PatientPruner(_median(epochs), patience=1)
 
 
+def _racing(epochs: int) -> optuna.pruners.BasePruner:
+    """Halves a shared training's live configurations every 2 epochs after the first 2."""
+    from bln_search.racing import RacingPruner
+
+    return RacingPruner(warmup_epochs=2, interval=2, min_live=2, epochs=epochs)
+
+
 def _none(epochs: int) -> optuna.pruners.BasePruner:
     import optuna
 
@@ -46,6 +53,7 @@ PRUNERS: dict[str, Callable] = {
     "median": _median,
     "hyperband": _hyperband,
     "patient": _patient,
+    "racing": _racing,
     "none": _none,
 }
 """Pruner name -> a function of the planned epochs that makes it."""

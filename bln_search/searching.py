@@ -140,6 +140,7 @@ def search(
     n_trials: int | None = None,
     pruner: optuna.pruners.BasePruner | str | None = None,
     strategy: str = "auto",
+    patience: int | None = None,
     configs_per_training: int | None = None,
     workers: int = 1,
     test_data=None,
@@ -173,7 +174,9 @@ def search(
         n_trials: The study's total trial budget for a sampler (resumes run the rest).
         pruner: Any Optuna pruner, fed each epoch's `metric`; a name from
             `bln_search.pruning.PRUNERS`; `"auto"` for the strategy's default
-            (median for per-trial, none for shared); `None` for none.
+            (median for per-trial; racing for shared with one seed, none with several); `None` for none.
+        patience: Stop a training once no live configuration has improved its
+            best value for this many epochs (None: always train every epoch).
         strategy: `"shared"` trains once per seed and batch size and evaluates
             every configuration after each epoch; `"per-trial"` trains each
             trial; `"auto"` picks shared unless the factory takes a `trial`.
@@ -218,6 +221,15 @@ def search(
         configs_per_training = worker_share(len(setups), workers)
     if pruner == AUTO_PRUNER:
         pruner = strategy_class.default_pruner
+        if pruner == "racing" and seeds > 1:
+            pruner = "none"  # a race per seed would leave configurations with some seeds only
+    if pruner == "racing" and (seeds > 1 or strategy_class.name != "shared"):
+        raise UsageError(
+            "the racing pruner races the configurations of one shared training: it needs "
+            "`strategy` shared and one seed (several seeds would prune differently per seed)"
+        )
+    if patience is not None and patience < 1:
+        raise UsageError("`patience` must be at least 1 epoch")
     if isinstance(pruner, str):
         pruner = make_pruner(pruner, epochs)
     if not isinstance(storage, optuna.storages.BaseStorage):
@@ -225,7 +237,7 @@ def search(
     checked_model, checked_trial = preflight(
         model_factory, data, metric, setups[0], baselines=variants[1:]
     )
-    settings = TrainingSettings(epochs, metric, direction or infer_direction(metric))
+    settings = TrainingSettings(epochs, metric, direction or infer_direction(metric), patience)
     manifest = Manifest(
         model=fingerprint_model(model_factory, checked_model, checked_trial is not None),
         data=fingerprint_data(data),
@@ -235,6 +247,7 @@ def search(
         strategy=strategy_class.name,
         sampler="grid" if grid else "sampler",
         search_space=search_space_of(checked_trial),
+        patience=patience,
         seeds=sorted({s.seed for s in setups}),
         batch_sizes=batch_sizes,
         baselines=variants[1:],

@@ -31,6 +31,7 @@ ATTR_SEED = "seed"
 ATTR_BATCH_SIZE = "batch_size"
 ATTR_STRATEGY = "strategy"
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial
+ATTR_STOPPED = "stopped"  # why a training ended before its epochs (e.g. patience)
 ATTR_TRAINING = "training"  # the shared training a trial was evaluated in
 ATTR_BASELINE = "baseline"  # set on baseline trials: which normalization replaced BLN
 ATTR_REPEAT_OF = "repeat_of"  # a sampled repeat, answered from this earlier trial's result
@@ -215,6 +216,10 @@ class Curve:
 
     def best(self) -> float:
         return best_of(self.values, self.direction)
+
+    def epochs_since_best(self) -> int:
+        """Epochs reported after the best one (0: the last epoch was the best so far)."""
+        return len(self.values) - 1 - best_index(self.values, self.direction) if self.values else 0
 
     def store(self, trial: optuna.Trial, fit_seconds: float) -> None:
         trial.set_user_attr(ATTR_FIT_SECONDS, round(fit_seconds, 3))

@@ -51,6 +51,7 @@ class RunOptions:
     workers: int = 1
     configs_per_training: int | None = None
     heartbeat: int = 30
+    patience: int | None = 3
     quiet: bool = False
 
     def to_json(self) -> str:
@@ -142,7 +143,8 @@ def run(
         typer.Option(
             help=(
                 "Stops unpromising trials early, fed each epoch's metric. auto: median for "
-                "per-trial, none for shared (where pruning saves only evaluations)."
+                "per-trial; racing for shared (the configurations of one training race each "
+                "other), none with several seeds."
             )
         ),
     ] = "auto",
@@ -235,6 +237,13 @@ def run(
             ),
         ),
     ] = 30,
+    patience: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Stop a training when no configuration improved for this many epochs; 0: never.",
+        ),
+    ] = 3,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live display.")
     ] = False,
@@ -265,6 +274,7 @@ def run(
         workers=workers,
         configs_per_training=configs_per_training,
         heartbeat=heartbeat,
+        patience=patience or None,
         quiet=quiet,
     )
     execute(options, storage)
@@ -331,6 +341,7 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
                 pruner=options.pruner,
                 strategy=options.strategy,
                 configs_per_training=options.configs_per_training,
+                patience=options.patience,
                 workers=options.workers,
                 test_data=test_data,
                 observer=progress if pool is None else _StartWorkers(progress, pool),

@@ -23,6 +23,9 @@ class TrainingSettings:
     epochs: int = 5
     metric: str = "val_loss"
     direction: str = "minimize"
+    patience: int | None = (
+        None  # stop a training when no live configuration improved for this many epochs
+    )
 
 
 class Strategy:

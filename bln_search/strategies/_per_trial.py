@@ -122,6 +122,14 @@ class PerTrialStrategy(Strategy):
             KerasPruningCallback(trial, settings.metric),
             interrupt_checker(),
         ]
+        if settings.patience:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=settings.metric,
+                    patience=settings.patience,
+                    mode="min" if settings.direction == "minimize" else "max",
+                )
+            )
         start = time.perf_counter()
         try:
             model.fit(

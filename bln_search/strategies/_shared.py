@@ -18,6 +18,7 @@ from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
 from bln_search.strategies._base import Strategy, training_logs_value
 from bln_search.trials import (
+    ATTR_STOPPED,
     ATTR_STRATEGY,
     ATTR_TRAINING,
     ATTR_WORKER,
@@ -64,7 +65,7 @@ class SharedStrategy(Strategy):
 
     name = "shared"
     takes_trial_factory = False
-    default_pruner = "none"
+    default_pruner = "racing"
     help = "one training, every configuration evaluated after each epoch"
 
     def run(self, study, source, observer, limit=None) -> None:  # see Strategy.run
@@ -184,6 +185,16 @@ class SharedStrategy(Strategy):
                 if job.live and prune and job.trial.should_prune():
                     _tell(study, job, PRUNED, observer, elapsed())
             if not any(job.live for job in jobs):
+                model.stop_training = True
+            elif settings.patience and all(
+                job.curve.epochs_since_best() >= settings.patience for job in jobs if job.live
+            ):
+                for job in jobs:
+                    if job.live:
+                        job.trial.set_user_attr(
+                            ATTR_STOPPED,
+                            f"no configuration improved for {settings.patience} epochs",
+                        )
                 model.stop_training = True
 
         class EvaluateEveryConfiguration(keras.callbacks.Callback):
