@@ -147,9 +147,12 @@ def handles_errors(command):
                 raise
             error_line(in_flags(str(error)))
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
-            error_line("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as error:  # also SIGTERM and SIGHUP (`interrupts.install`)
+            from bln_search.errors import interrupted
+            from bln_search.interrupts import exit_code
+
+            error_line(interrupted(exit_code(error)))
+            raise typer.Exit(exit_code(error)) from None
         except Exception as error:  # a bug or an unforeseen library error: still one line
             if _state["debug"]:
                 raise
