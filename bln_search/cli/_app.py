@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import sys
+import threading
 from enum import Enum
 from typing import Annotated
 
@@ -165,6 +166,26 @@ def handles_errors(command):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def program() -> None:
+    """The `bln-search` program: `app`, then an exit that does not wait for threads user code left.
+
+    Python joins every non-daemon thread before the process ends, so a thread a model
+    factory started (a loader, a logger) would keep a finished search alive until
+    Ctrl-C. With such threads left, the output is flushed and the process ends at once.
+    """
+    try:
+        app()
+    except SystemExit as done:
+        left = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
+        if left == [threading.main_thread()]:
+            raise
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code if isinstance(done.code, int) else int(done.code is not None))
 
 
 def import_tensorflow_quietly() -> None:
