@@ -105,10 +105,12 @@ class Deferral:
         if held:
             self.hold()
 
+    # The order of the two updates in `hold` and `release` matters: a signal between them
+    # must find the count already raised (in `hold`) or not yet lowered (in `release`).
     def hold(self) -> None:
         if not self.held:
-            self.held = True
             _state["holds"] += 1
+            self.held = True
 
     def release(self, raise_pending: bool = True) -> None:
         if not self.held:
