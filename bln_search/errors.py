@@ -8,6 +8,10 @@ else that escapes is a bug and shows a traceback only under `--debug`.
 
 from __future__ import annotations
 
+import signal
+
+from bln_search import interrupts
+
 
 class BLNSearchError(Exception):
     """Base class: an expected failure with a message that says what to do."""
@@ -40,15 +44,23 @@ class SearchFailed(BLNSearchError):
 
 
 class SearchInterrupted(BLNSearchError):
-    """Ctrl-C stopped the search; every finished trial is stored and a re-run resumes."""
+    """A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the search; every finished trial is stored and a
+    re-run resumes. The exit code is 128 + the signal's number, as a shell reports it."""
 
-    exit_code = 130
+    def __init__(self, message: str | None = None, signum: int | None = None):
+        self.exit_code = interrupts.exit_code() if signum is None else 128 + signum
+        super().__init__(
+            message
+            or f"{interrupted(self.exit_code)}: finished trials are stored; run the same command"
+            " again to resume"
+        )
 
-    def __init__(
-        self,
-        message: str = "interrupted: finished trials are stored; run the same command again to resume",
-    ):
-        super().__init__(message)
+
+def interrupted(exit_code: int) -> str:
+    """`interrupted`, naming the signal unless it was Ctrl-C: `interrupted by SIGTERM`."""
+    if exit_code == 128 + signal.SIGINT:
+        return "interrupted"
+    return f"interrupted by {signal.Signals(exit_code - 128).name}"
 
 
 class TrialFailed(BLNSearchError):

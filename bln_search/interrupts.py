@@ -1,35 +1,139 @@
-"""Ctrl-C that cannot get lost.
+"""Ctrl-C, SIGTERM and SIGHUP that cannot get lost, and cannot cut a write in half.
+
+The CLI's handler makes each of the three signals raise `Interrupted`, a
+`KeyboardInterrupt` that remembers which signal it was, so the whole search
+stops exactly as on Ctrl-C and exits with 128 + the signal's number.
 
 Python raises `KeyboardInterrupt` wherever the main thread happens to be. If that is
 inside a `__del__` (TensorFlow runs many, e.g. when a dataset iterator is freed),
 Python prints "Exception ignored" and carries on: the interrupt is lost. So the
-CLI's handler also sets a flag, and the training loops check it after every batch
+handler also sets a flag, and the training loops check it after every batch
 and raise again.
+
+Where a trial's results are being stored, half a write is worse than none (a
+trial left RUNNING, a finished training stored as interrupted): code there
+holds signals with `deferred()` or a `Deferral`, and a signal that arrives
+meanwhile is raised when the writes are done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Callable
+
+SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 _requested = threading.Event()
+_state = {"received": None, "holds": 0, "pending": False}
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop request from `signum` (SIGINT, SIGTERM or SIGHUP), handled everywhere as Ctrl-C is."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def _handler(signum, frame):
+    if _state["received"] is None:
+        _state["received"] = signum
     _requested.set()
-    raise KeyboardInterrupt
+    if _state["holds"]:
+        _state["pending"] = True
+        return
+    raise Interrupted(signum)
 
 
-def install() -> None:
-    """Makes SIGINT raise `KeyboardInterrupt` (also in a background job, where the shell ignores it)."""
+def install() -> Callable[[], None]:
+    """Makes SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread.
+
+    SIGINT also in a background job, where the shell ignores it; a SIGTERM or
+    SIGHUP that is ignored (`nohup`) stays ignored. Returns a function that puts
+    the previous handlers back and forgets any signal received meanwhile.
+    """
+    _reset()
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    for signum in SIGNALS:
+        if signum == signal.SIGINT or previous[signum] is not signal.SIG_IGN:
+            signal.signal(signum, _handler)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _reset()
+
+    return restore
+
+
+def _reset() -> None:
     _requested.clear()
-    signal.signal(signal.SIGINT, _handler)
+    _state.update(received=None, holds=0, pending=False)
+
+
+def received() -> int | None:
+    """The first signal that arrived since `install()`, if any."""
+    return _state["received"]
+
+
+def exit_code(error: BaseException | None = None) -> int:
+    """128 + the number of the signal that stopped the process (130 for a plain Ctrl-C)."""
+    signum = getattr(error, "signum", None) or received() or signal.SIGINT
+    return 128 + signum
 
 
 def check() -> None:
-    """Raises `KeyboardInterrupt` again if a Ctrl-C arrived since `install()`."""
-    if _requested.is_set():
-        raise KeyboardInterrupt
+    """Raises `Interrupted` again if a signal arrived since `install()` (unless signals are held)."""
+    if _requested.is_set() and not _state["holds"]:
+        raise Interrupted(received() or signal.SIGINT)
+
+
+class Deferral:
+    """Holds signals from `hold()` until `release()` or the end of its `with` block.
+
+    A signal arriving while held is raised at the release; when the block ends
+    with an exception already on its way, that one goes on (the signal stays
+    requested, so `check()` still sees it). Holds nest.
+    """
+
+    def __init__(self, held: bool = True):
+        self.held = False
+        if held:
+            self.hold()
+
+    # The order of the two updates in `hold` and `release` matters: a signal between them
+    # must find the count already raised (in `hold`) or not yet lowered (in `release`).
+    def hold(self) -> None:
+        if not self.held:
+            _state["holds"] += 1
+            self.held = True
+
+    def release(self, raise_pending: bool = True) -> None:
+        if not self.held:
+            return
+        self.held = False
+        _state["holds"] -= 1
+        if not _state["holds"] and _state["pending"]:
+            _state["pending"] = False
+            if raise_pending:
+                raise Interrupted(received() or signal.SIGINT)
+
+    def __enter__(self) -> Deferral:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release(raise_pending=exc_type is None)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Signals arriving inside the block are raised at its end, so the writes in it complete."""
+    with Deferral():
+        yield
 
 
 def interrupt_checker():

@@ -84,10 +84,18 @@ def module_of(spec: str):
 
 
 def call_user(fn: Callable[..., Any], what: str, *args, **kwargs):
-    """Calls user code, turning any exception into a one-line `UserCodeError`."""
+    """Calls user code, turning anything it raises into a one-line `UserCodeError`.
+
+    Anything: also `SystemExit` and other `BaseException`s that are not `Exception`s.
+    Only an interrupt (Ctrl-C, SIGTERM, SIGHUP) passes, to stop the search as usual.
+    """
     try:
         return fn(*args, **kwargs)
-    except Exception as error:
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as error:
+        raise UserCodeError(f"{what} called sys.exit({error.code!r})") from None
+    except BaseException as error:
         raise UserCodeError(f"{what} raised {type(error).__name__}: {error}") from error
 
 

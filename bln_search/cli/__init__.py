@@ -7,6 +7,6 @@ command group has its module. Nothing heavy is imported at module level.
 from __future__ import annotations
 
 from bln_search.cli import results, run, train  # noqa: F401  (registers the commands)
-from bln_search.cli._app import app
+from bln_search.cli._app import app, program
 
-__all__ = ["app"]
+__all__ = ["app", "program"]

@@ -10,6 +10,7 @@ import functools
 import os
 import re
 import sys
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -150,9 +151,12 @@ def handles_errors(command):
             error = _storage_fault(error) or error
             error_line(in_flags(str(error)))
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
-            error_line("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as error:  # also SIGTERM and SIGHUP (`interrupts.install`)
+            from bln_search.errors import interrupted
+            from bln_search.interrupts import exit_code
+
+            error_line(interrupted(exit_code(error)))
+            raise typer.Exit(exit_code(error)) from None
         except Exception as error:  # a bug or an unforeseen library error: still one line
             if _state["debug"]:
                 raise
@@ -186,6 +190,26 @@ def output_path(path: Path) -> Path:
     if str(path) != "-" and not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
     return path
+
+
+def program() -> None:
+    """The `bln-search` program: `app`, then an exit that does not wait for threads user code left.
+
+    Python joins every non-daemon thread before the process ends, so a thread a model
+    factory started (a loader, a logger) would keep a finished search alive until
+    Ctrl-C. With such threads left, the output is flushed and the process ends at once.
+    """
+    try:
+        app()
+    except SystemExit as done:
+        left = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
+        if left == [threading.main_thread()]:
+            raise
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code if isinstance(done.code, int) else int(done.code is not None))
 
 
 def import_tensorflow_quietly() -> None:

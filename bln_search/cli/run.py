@@ -284,6 +284,9 @@ def run(
 @handles_errors
 def worker(storage: StorageOption = None):
     """A local worker started by `run --workers N`: its settings arrive as JSON in the environment."""
+    from bln_search.cli.workers import die_with_parent
+
+    die_with_parent()
     options = RunOptions.from_json(os.environ[SETTINGS_ENV])
     execute(dataclasses.replace(options, quiet=True, test=None), storage, foreground=False)
 
@@ -316,10 +319,10 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
     )
     check_study_name(store, options.study_name)
     progress_cls = LogProgress if options.quiet or not console.is_terminal else LiveProgress
+    from bln_search.cli.workers import StartWorkers, WorkerPool, stop_workers
+
     pool = None
     if foreground and options.workers > 1:
-        from bln_search.cli.workers import WorkerPool
-
         pool = WorkerPool({SETTINGS_ENV: options.to_json()}, store.url, options.workers - 1)
     interrupted = None
     with progress_cls(console, options.metric) as progress:
@@ -344,20 +347,20 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
                 patience=options.patience,
                 workers=options.workers,
                 test_data=test_data,
-                observer=progress if pool is None else _StartWorkers(progress, pool),
+                observer=progress if pool is None else StartWorkers(progress, pool),
                 study_attrs={"model": options.model, "data": options.data or "load_data()"},
             )
         except SearchInterrupted as error:
             interrupted = error
-            exits = _stop_workers(pool, stop=True)
+            exits = stop_workers(pool, stop=True)
         except BaseException:
-            _stop_workers(pool, stop=True)
+            stop_workers(pool, stop=True)
             raise
         else:
             try:
-                exits = _stop_workers(pool, stop=False)  # the other workers may still hold trials
+                exits = stop_workers(pool, stop=False)  # the other workers may still hold trials
             except KeyboardInterrupt:
-                exits = _stop_workers(pool, stop=True)
+                exits = stop_workers(pool, stop=True)
                 interrupted = SearchInterrupted()
     from bln_search.cli.results import print_leaderboard, print_test
 
@@ -382,27 +385,3 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
         highlight=False,
         markup=False,
     )
-
-
-class _StartWorkers:
-    """Starts the background workers once the study exists and the preflight check passed."""
-
-    def __init__(self, observer, pool):
-        self.observer, self.pool = observer, pool
-
-    def __getattr__(self, name):
-        return getattr(self.observer, name)
-
-    def on_search_start(self, study, planned):
-        self.pool.start()
-        self.observer.on_search_start(study, planned)
-
-
-def _stop_workers(pool, stop: bool) -> list:
-    """Waits for the background workers; on an interrupt or error, Ctrl-C's them first."""
-    if pool is None or not pool.processes:
-        return []
-    if stop:
-        pool.interrupt()
-        return pool.wait(timeout=120)
-    return pool.wait()

@@ -7,7 +7,8 @@ import time
 import optuna
 
 from bln_search.errors import TrialFailed, failure_of
-from bln_search.interrupts import interrupt_checker
+from bln_search.interrupts import Deferral, interrupt_checker
+from bln_search.interrupts import check as check_interrupt
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
 from bln_search.strategies._base import Strategy, training_logs_value
@@ -43,10 +44,16 @@ class PerTrialStrategy(Strategy):
     help = "one training per trial"
 
     def run(self, study, source, observer, limit=None) -> None:  # see Strategy.run
+        # Signals are held while Optuna creates a trial and from the end of its training until it
+        # is told, so a trial is never left RUNNING nor a finished training stored as interrupted.
+        writes = self._writes = Deferral(held=False)
+
         def objective(trial: optuna.Trial) -> float:
             try:
+                writes.release()  # a signal held while the trial was created stops it here
                 return self._attempt(study, source, trial, observer)
-            except (KeyboardInterrupt, Exception) as error:
+            except BaseException as error:  # user code may raise more than `Exception`
+                writes.hold()
                 if isinstance(error, (optuna.TrialPruned, _NoWorkLeft)):
                     raise
                 reason, message, raised = failure_of(error)
@@ -65,13 +72,15 @@ class PerTrialStrategy(Strategy):
                     continue
                 return
             try:
-                study.optimize(
-                    objective,
-                    n_trials=1,
-                    catch=(TrialFailed,),
-                    callbacks=[on_trial_end],
-                    gc_after_trial=False,
-                )
+                writes.hold()
+                with writes:
+                    study.optimize(
+                        objective,
+                        n_trials=1,
+                        catch=(TrialFailed,),
+                        callbacks=[on_trial_end],
+                        gc_after_trial=False,
+                    )
             except _NoWorkLeft:
                 return
 
@@ -106,9 +115,13 @@ class PerTrialStrategy(Strategy):
 
         settings = self.settings
         curve = Curve(settings.direction)
+        writes = self._writes
 
         class Recorder(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
+                if epoch + 1 == settings.epochs:  # training is done: hold signals until it is told
+                    check_interrupt()
+                    writes.hold()
                 curve.values.append(training_logs_value(logs or {}, settings.metric, epoch))
                 curve.add_others(logs or {}, settings.metric)
                 observer.on_epoch_end(trial.number, epoch + 1, settings.epochs, curve.values[-1])
@@ -139,5 +152,6 @@ class PerTrialStrategy(Strategy):
                 callbacks=callbacks,
             )
         finally:
+            writes.hold()
             curve.store(trial, time.perf_counter() - start)
         return curve.best()

@@ -12,8 +12,8 @@ import optuna
 from bln_search.config import StatisticsConfig
 from bln_search.errors import MetricNotReported, failure_of
 from bln_search.heartbeats import TrialHeartbeats
+from bln_search.interrupts import Deferral, deferred, interrupt_checker
 from bln_search.interrupts import check as check_interrupt
-from bln_search.interrupts import interrupt_checker
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
 from bln_search.strategies._base import Strategy, training_logs_value
@@ -81,9 +81,10 @@ class SharedStrategy(Strategy):
                 for setup, jobs in groups.items():
                     self._train(study, setup, jobs, observer)
         finally:  # trials taken but never started (an interrupt or error in an earlier group)
-            for job in taken:
-                if job.live:
-                    _tell(study, job, FAIL, observer, 0.0, reason=INTERRUPTED)
+            with deferred():
+                for job in taken:
+                    if job.live:
+                        _tell(study, job, FAIL, observer, 0.0, reason=INTERRUPTED)
 
     def _take(
         self, study, source: TrialSource, limit: int | None, taken: list[ConfigTrial]
@@ -94,11 +95,11 @@ class SharedStrategy(Strategy):
         count = min(count, limit or count)
         groups: dict[TrainingSetup, list[ConfigTrial]] = {}
         for _ in range(count):
-            trial = study.ask()
-            # Taken at once: an interrupt from here on finds the trial in `taken` and fails it.
-            job = ConfigTrial(trial, None, Curve(self.settings.direction))
-            taken.append(job)
-            TrialHeartbeats.beat_once(self.storage, trial)
+            with deferred():  # taken at once: an interrupt from here on finds it in `taken`
+                trial = study.ask()
+                job = ConfigTrial(trial, None, Curve(self.settings.direction))
+                taken.append(job)
+                TrialHeartbeats.beat_once(self.storage, trial)
             setup = source.setup_for(trial)
             if setup is None:
                 _tell(study, job, FAIL, None, 0.0, reason=DUPLICATE)
@@ -147,9 +148,15 @@ class SharedStrategy(Strategy):
         evaluated = settings.metric.startswith("val_")
         metric = settings.metric.removeprefix("val_")
         epochs_run = [0]
+        # From the last epoch's evaluations until every trial is told, signals wait: a finished
+        # training is stored complete, and the search stops after.
+        writes = Deferral(held=False)
 
         def evaluate_all(epoch: int, logs: dict) -> None:
             epochs_run[0] = epoch + 1
+            if epoch + 1 == settings.epochs:
+                check_interrupt()
+                writes.hold()
             if evaluated:
                 if logs.get("loss") is not None:
                     training_logs_value(logs, "loss", epoch)
@@ -189,6 +196,8 @@ class SharedStrategy(Strategy):
             elif settings.patience and all(
                 job.curve.epochs_since_best() >= settings.patience for job in jobs if job.live
             ):
+                check_interrupt()
+                writes.hold()  # the training ends here: its trials are told before a signal acts
                 for job in jobs:
                     if job.live:
                         job.trial.set_user_attr(
@@ -202,28 +211,31 @@ class SharedStrategy(Strategy):
                 evaluate_all(epoch, logs or {})
 
         callbacks = [ResetPopulationStatistics(), EvaluateEveryConfiguration(), interrupt_checker()]
-        try:
-            with TrialHeartbeats(
-                self.storage,
-                [job.trial for job in jobs],
-                live=lambda: [j.trial for j in jobs if j.live],
-            ):
-                model.fit(
-                    **self.data.fit_kwargs(setup.batch_size, validation=False),
-                    epochs=settings.epochs,
-                    verbose=0,
-                    callbacks=callbacks,
-                )
-        except (KeyboardInterrupt, Exception) as error:
-            reason, message, raised = failure_of(error)
-            _end_live(study, jobs, observer, elapsed(), reason=reason, message=message)
-            if reason == NON_FINITE:
-                return
-            if raised is error:
-                raise
-            raise raised from error
-        _end_live(study, jobs, observer, elapsed())
-        observer.on_training_end(setup, epochs_run[0])
+        with writes:
+            try:
+                with TrialHeartbeats(
+                    self.storage,
+                    [job.trial for job in jobs],
+                    live=lambda: [j.trial for j in jobs if j.live],
+                ):
+                    model.fit(
+                        **self.data.fit_kwargs(setup.batch_size, validation=False),
+                        epochs=settings.epochs,
+                        verbose=0,
+                        callbacks=callbacks,
+                    )
+            except BaseException as error:  # user code may raise more than `Exception`
+                writes.hold()
+                reason, message, raised = failure_of(error)
+                _end_live(study, jobs, observer, elapsed(), reason=reason, message=message)
+                if reason == NON_FINITE:
+                    return
+                if raised is error:
+                    raise
+                raise raised from error
+            writes.hold()  # every configuration pruned before the last epoch
+            _end_live(study, jobs, observer, elapsed())
+            observer.on_training_end(setup, epochs_run[0])
 
 
 def _end_live(
@@ -251,12 +263,13 @@ def _answer(study, job: ConfigTrial, earlier) -> None:
 def _tell(
     study, job: ConfigTrial, state, observer, seconds: float, value=None, reason=None, message=None
 ) -> None:
-    """Stores the job's curve and ends its trial."""
+    """Stores the job's curve and ends its trial (a signal meanwhile waits for the end)."""
     trial = job.trial
-    job.live = False
-    job.curve.store(trial, seconds)
-    if reason:
-        record_failure(trial, reason, message or "")
-    frozen = study.tell(trial, state=state, values=value if state == COMPLETE else None)
+    with deferred():
+        job.live = False
+        job.curve.store(trial, seconds)
+        if reason:
+            record_failure(trial, reason, message or "")
+        frozen = study.tell(trial, state=state, values=value if state == COMPLETE else None)
     if observer is not None:
         observer.on_trial_end(frozen)

@@ -1,0 +1,245 @@
+"""Signals and kills: SIGTERM and SIGHUP stop a run as Ctrl-C does, workers die with their parent,
+and a signal during the final writes of a training waits for them. Real processes, real SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+import bln_search
+from bln_search import SearchInterrupted, SearchObserver, interrupts
+from bln_search.trials import config_of
+from tests.fixtures import models
+
+FIX = str(Path(models.__file__).resolve())
+BIN = Path(sys.executable).parent
+COMPLETE = optuna.trial.TrialState.COMPLETE
+RUNNING = optuna.trial.TrialState.RUNNING
+FAIL = optuna.trial.TrialState.FAIL
+STUDY = "models-build"
+
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)"
+)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, parent pid, ...)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return (
+        fields is not None and fields[0] != "Z"
+    )  # a zombie has exited; only its parent can reap it
+
+
+def start_run(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("BLN_SEARCH_STORAGE", None)
+    command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:build", "-q", *args]
+    return subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def load(cwd: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{cwd / 'bln-search.db'}")
+
+
+def wait_until(cwd: Path, process: subprocess.Popen, condition, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        assert process.poll() is None, process.communicate()[1]
+        if (cwd / "bln-search.db").exists():
+            try:
+                trials = load(cwd).trials
+            except Exception:  # the study is still being created
+                continue
+            if condition(trials):
+                return trials
+    process.kill()
+    raise AssertionError("timed out waiting for the run to reach the moment to signal")
+
+
+def training(trials) -> bool:
+    return any(t.state == RUNNING and t.intermediate_values for t in trials)
+
+
+def finished(study) -> dict:
+    return {
+        t.number: (t.value, t.params, t.user_attrs.get("history"))
+        for t in study.trials
+        if t.state == COMPLETE
+    }
+
+
+CASES = {
+    # signal, strategy options, how many trials must have finished when it arrives
+    "sigterm-per-trial": (signal.SIGTERM, ["--strategy", "per-trial", "--epochs", "20"], 1),
+    "sigterm-shared": (
+        signal.SIGTERM,
+        ["--strategy", "shared", "--epochs", "20", "--configs-per-training", "8"],
+        8,
+    ),
+    "sighup-shared": (signal.SIGHUP, ["--strategy", "shared", "--epochs", "400"], 0),
+}
+
+
+@pytest.mark.slow
+@needs_proc
+@pytest.mark.parametrize("case", CASES)
+def test_a_signal_mid_epoch_stops_like_ctrl_c_and_a_rerun_completes(tmp_path, case):
+    signum, args, done = CASES[case]
+    process = start_run(tmp_path, *args, "--pruner", "none")
+    wait_until(
+        tmp_path,
+        process,
+        lambda trials: sum(t.state == COMPLETE for t in trials) >= done and training(trials),
+    )
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert f"interrupted by {signal.Signals(signum).name}" in err and "Traceback" not in err
+    assert "rank" in err  # the partial leaderboard
+    study = load(tmp_path)
+    assert not study.get_trials(states=(RUNNING,))
+    stopped = study.get_trials(states=(FAIL,))
+    assert stopped and {t.user_attrs.get("fail_reason") for t in stopped} == {"interrupted"}
+    before = finished(study)
+    assert len(before) >= done
+    if signum == signal.SIGHUP:
+        return  # the same path as SIGTERM from here on
+    rerun = start_run(tmp_path, *args[:2], "--epochs", "1", "--pruner", "none")
+    assert rerun.wait(timeout=300) == 0, rerun.communicate()[1]
+    study = load(tmp_path)
+    complete = study.get_trials(states=(COMPLETE,))
+    assert len({config_of(t) for t in complete}) == len(complete) == 16
+    assert {n: v for n, v in finished(study).items() if n in before} == before
+
+
+def _both_workers_training(trials) -> bool:
+    return len({t.user_attrs.get("worker") for t in trials if t.state == RUNNING}) == 2 and all(
+        t.intermediate_values for t in trials if t.state == RUNNING
+    )
+
+
+@pytest.mark.slow
+@needs_proc
+def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
+    process = start_run(tmp_path, "--workers", "2", "--epochs", "400", "--pruner", "none")
+    wait_until(tmp_path, process, _both_workers_training)
+    workers = children_of(process.pid)
+    assert workers
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 143, err
+    assert "interrupted by SIGTERM" in err and "Traceback" not in err and "rank" in err
+    assert not [pid for pid in workers if alive(pid)]
+    study = load(tmp_path)
+    assert not study.get_trials(states=(RUNNING,))
+    assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) == 2
+    rerun = start_run(tmp_path, "--workers", "2", "--epochs", "1", "--pruner", "none")
+    assert rerun.wait(timeout=300) == 0, rerun.communicate()[1]
+    complete = load(tmp_path).get_trials(states=(COMPLETE,))
+    assert len({config_of(t) for t in complete}) == len(complete) == 16
+
+
+@pytest.mark.slow
+@needs_proc
+def test_workers_die_with_a_killed_parent_and_leave_nothing_running(tmp_path):
+    process = start_run(tmp_path, "--workers", "2", "--epochs", "400", "--pruner", "none")
+    wait_until(tmp_path, process, _both_workers_training)
+    workers = children_of(process.pid)
+    assert workers
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if alive(pid)], "a worker outlived its killed parent"
+    # Each worker stopped as on Ctrl-C: only the killed parent's own trials are still RUNNING.
+    running = load(tmp_path).get_trials(states=(RUNNING,))
+    assert all(t.user_attrs.get("worker", "").endswith(f":{process.pid}") for t in running)
+
+
+# A signal while a training's results are stored: the writes finish, then the search stops.
+
+
+class SignalAt(SearchObserver):
+    """Sends `signum` to this process from inside the search, at one chosen moment."""
+
+    def __init__(self, signum: int, moment: str):
+        self.signum, self.moment, self.sent = signum, moment, False
+        self.trained: set[int] = set()  # trials whose last epoch was reported
+
+    def _send(self):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def on_epoch_end(self, number, epoch, epochs, value):
+        if epoch == epochs:
+            self.trained.add(number)
+            if self.moment == "last epoch" and number >= 3:
+                self._send()
+
+    def on_trial_end(self, trial):
+        if self.moment == "trial end":
+            self._send()
+
+
+@pytest.fixture
+def cli_signal_handling():
+    """The CLI's signal handlers, as `bln-search run` installs them; pytest's own afterwards."""
+    restore = interrupts.install()
+    yield
+    restore()
+
+
+@pytest.mark.parametrize(
+    "strategy, moment",
+    [("per-trial", "last epoch"), ("shared", "last epoch"), ("shared", "trial end")],
+)
+def test_a_signal_during_the_final_writes_lets_them_finish(
+    data, storage, cli_signal_handling, strategy, moment
+):
+    observer = SignalAt(signal.SIGINT, moment)
+    with pytest.raises(SearchInterrupted):
+        bln_search.search(
+            models.build,
+            data,
+            study_name="writes",
+            storage=storage,
+            epochs=2,
+            strategy=strategy,
+            pruner=None,
+            observer=observer,
+        )
+    study = optuna.load_study(study_name="writes", storage=storage)
+    assert observer.sent and observer.trained
+    assert not study.get_trials(states=(RUNNING,))
+    complete = {t.number for t in study.trials if t.state == COMPLETE}
+    assert observer.trained <= complete  # finished training is never stored as interrupted
