@@ -21,7 +21,13 @@ from bln_search.trials import (
 
 
 class LiveProgress(SearchObserver):
-    """Trial i of n, the running configuration, its epoch and metric, and the best so far."""
+    """Trial i of n, the running configuration, its epoch and metric, and the best so far.
+
+    In a shared training the bar also moves with every evaluation: each live
+    configuration counts the fraction of its epochs done, so 16 configurations
+    halfway through read as 8 trials' worth; the status names the epoch, how
+    many configurations were evaluated in it, and the leader at that epoch.
+    """
 
     def __init__(self, console, metric: str):
         from rich.progress import (
@@ -35,10 +41,10 @@ class LiveProgress(SearchObserver):
 
         self.metric = metric
         self.progress = Progress(
-            TextColumn("[bold]trials"),
-            BarColumn(bar_width=12),
-            MofNCompleteColumn(table_column=Column(no_wrap=True)),
-            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+            TextColumn("[bold]trials", table_column=Column(no_wrap=True, min_width=6)),
+            BarColumn(bar_width=12, table_column=Column(min_width=12)),
+            MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=5)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
             # On a narrow terminal the status gives way, not the trial count or the time.
             TextColumn(
                 "{task.fields[status]}",
@@ -52,6 +58,10 @@ class LiveProgress(SearchObserver):
         self.direction = "minimize"
         self.current = ""
         self.shared_epoch = None  # the epoch a shared training is in, None in per-trial mode
+        self.labels: dict[int, str] = {}  # trial number -> what it runs
+        self.fractions: dict[int, float] = {}  # live trial -> fraction of its epochs done
+        self.epoch_values: dict[int, float] = {}  # this epoch's values, by trial (shared mode)
+        self.finished = 0
 
     def __enter__(self):
         self.progress.start()
@@ -81,11 +91,16 @@ class LiveProgress(SearchObserver):
         )
         return min(finished, self.planned or finished)
 
+    def _completed(self) -> float:
+        done = self.finished + sum(self.fractions.values())
+        return min(done, self.planned) if self.planned else done
+
     def on_search_start(self, study: optuna.Study, planned: int | None) -> None:
         self.study, self.planned = study, planned
         self.direction = study.direction.name.lower()
+        self.finished = self._refresh()
         self.task = self.progress.add_task(
-            "search", total=planned, completed=self._refresh(), status=self._status()
+            "search", total=planned, completed=self._completed(), status=self._status()
         )
 
     def on_training_start(self, setup: TrainingSetup, configs: list[StatisticsConfig]) -> None:
@@ -99,6 +114,9 @@ class LiveProgress(SearchObserver):
         self.progress.update(self.task, status=self._status("starting"))
 
     def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
+        self.labels[number] = config.label if config else "baseline"
+        if self.shared_epoch is not None:
+            self.fractions[number] = 0.0  # live in this training, no epoch evaluated yet
         if self.shared_epoch is None:
             self.current = f"#{number} [cyan]{config.label if config else 'baseline'}[/]"
             self.progress.update(self.task, status=self._status("starting"))
@@ -108,13 +126,25 @@ class LiveProgress(SearchObserver):
             self.progress.update(
                 self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}")
             )
-        elif epoch != self.shared_epoch:
-            self.shared_epoch = epoch
-            self.progress.update(self.task, status=self._status(f"epoch {epoch}/{epochs}"))
+        else:
+            if epoch != self.shared_epoch:
+                self.shared_epoch, self.epoch_values = epoch, {}
+            self.epoch_values[number] = value
+            self.fractions[number] = epoch / epochs
+            pick = min if self.direction == "minimize" else max
+            leader = pick(self.epoch_values, key=self.epoch_values.__getitem__)
+            status = (  # the leader at this epoch stands in for the best so far
+                f"epoch {epoch}/{epochs} {len(self.epoch_values)}/{len(self.fractions)} evaluated,"
+                f" leader [cyan]{escape(self.labels.get(leader, '?'))}[/]"
+                f" {self.epoch_values[leader]:.4f}"
+            )
+            self.progress.update(self.task, completed=self._completed(), status=status)
 
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
+        self.fractions.pop(trial.number, None)
+        self.finished = self._refresh()
         self.progress.update(
-            self.task, completed=self._refresh(), status=self._status(trial.state.name.lower())
+            self.task, completed=self._completed(), status=self._status(trial.state.name.lower())
         )
 
 
