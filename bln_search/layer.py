@@ -8,7 +8,7 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig
-from bln_search.layer_gradient import normalize_for_training
+from bln_search.layer_gradient import batch_moments, normalize_for_training, sample_weights
 
 _PACKAGE = "bln_search"
 
@@ -212,7 +212,22 @@ class BatchLayerNormalization(keras.layers.Layer):
             self._flag_variables[name] = state(
                 name, (), initializers.Constant(1.0 if self._flag_values[name] else 0.0)
             )
+        # Steps per position: a position masked in every sample of a step skips it.
+        self.moving_position_steps = state("moving_position_steps", feature_shape, "zeros")
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={-1: channels})
+
+    def load_own_variables(self, store):
+        """Loads the weights, including files saved before `moving_position_steps` existed."""
+        variables = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) == len(variables) - 1:  # older layout: the per-position counter last
+            for i, variable in enumerate(variables[:-1]):
+                variable.assign(store[f"{i}"])
+            steps = ops.cast(self.moving_steps, self.moving_position_steps.dtype)
+            self.moving_position_steps.assign(
+                ops.broadcast_to(steps, self.moving_position_steps.shape)
+            )
+        else:
+            super().load_own_variables(store)
 
     def reset_population_statistics(self):
         """Restarts the population averages: the next training step starts a new average.
@@ -223,8 +238,9 @@ class BatchLayerNormalization(keras.layers.Layer):
         if self.built:
             self.moving_steps.assign(0.0)
             self.training_batch_size.assign(0.0)
+            self.moving_position_steps.assign(ops.zeros(self.moving_position_steps.shape))
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, mask=None):
         input_dtype = inputs.dtype
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         dtype = x.dtype
@@ -232,17 +248,20 @@ class BatchLayerNormalization(keras.layers.Layer):
         gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones((channels,), dtype)
         beta = ops.cast(self.beta, dtype) if self.center else ops.zeros((channels,), dtype)
         batch_size = ops.cast(ops.shape(x)[0], dtype)
+        weights = None if mask is None else sample_weights(mask, x)
+        batch_mean, batch_var, count = batch_moments(x, weights)
+        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
 
         if training and self.trainable:
             feature_weight, batch_weight = self._mixing_weights(batch_size, channels)
-            outputs, *statistics = normalize_for_training(
-                x, gamma, beta, feature_weight, batch_weight, self.epsilon
+            moments = (batch_mean, batch_var, count, feature_mean, feature_var)
+            outputs = normalize_for_training(
+                x, gamma, beta, moments, weights, feature_weight, batch_weight, self.epsilon
             )
-            self._update_population(*statistics, batch_size)
+            self._update_population(
+                batch_mean, batch_var, feature_mean, feature_var, weights, count, batch_size
+            )
             return ops.cast(outputs, input_dtype)
-
-        batch_mean, batch_var = ops.moments(x, axes=[0])
-        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
 
         def pick(flag, population, current):
             return ops.where(self._flag_variables[flag] > 0.5, ops.cast(population, dtype), current)
@@ -272,14 +291,25 @@ class BatchLayerNormalization(keras.layers.Layer):
         )
 
     def _update_population(
-        self, batch_mean, batch_var, mean_feature_mean, mean_feature_var, batch_size
+        self, batch_mean, batch_var, feature_mean, feature_var, weights, count, batch_size
     ):
-        steps = ops.cast(self.moving_steps, batch_size.dtype)
-        if self.momentum is None:
-            rate = 1.0 / (steps + 1.0)
+        """Folds one step into the population; a position with no kept sample is skipped."""
+        dtype = batch_size.dtype
+        if weights is None:
+            count = ops.broadcast_to(batch_size, self.moving_position_steps.shape)
+            mean_feature_mean = ops.mean(feature_mean, axis=0)
+            mean_feature_var = ops.mean(feature_var, axis=0)
         else:
-            rate = ops.cast(1.0 - self.momentum, batch_size.dtype)
-        bessel = ops.where(batch_size > 1.0, batch_size / ops.maximum(batch_size - 1.0, 1.0), 1.0)
+            divisor = ops.maximum(count, 1.0)
+            mean_feature_mean = ops.sum(weights * feature_mean, axis=0) / divisor
+            mean_feature_var = ops.sum(weights * feature_var, axis=0) / divisor
+        seen = ops.cast(count > 0, dtype)
+        position_steps = ops.cast(self.moving_position_steps, dtype)
+        if self.momentum is None:
+            rate = seen / (position_steps + 1.0)
+        else:
+            rate = seen * (1.0 - self.momentum)
+        bessel = ops.where(count > 1.0, count / ops.maximum(count - 1.0, 1.0), 1.0)
         updates = (
             (self.moving_batch_mean, batch_mean),
             (self.moving_batch_variance, batch_var * bessel),
@@ -287,15 +317,19 @@ class BatchLayerNormalization(keras.layers.Layer):
             (self.moving_feature_variance, mean_feature_var),
         )
         for variable, value in updates:
-            current = ops.cast(variable, value.dtype)
+            current = ops.cast(variable, dtype)
             variable.assign(ops.cast(current + rate * (value - current), variable.dtype))
+        steps = ops.cast(self.moving_steps, dtype)
         largest = ops.where(
             steps > 0,
-            ops.maximum(ops.cast(self.training_batch_size, steps.dtype), batch_size),
+            ops.maximum(ops.cast(self.training_batch_size, dtype), batch_size),
             batch_size,
         )
         self.training_batch_size.assign(ops.cast(largest, self.training_batch_size.dtype))
         self.moving_steps.assign(ops.cast(steps + 1.0, self.moving_steps.dtype))
+        self.moving_position_steps.assign(
+            ops.cast(position_steps + seen, self.moving_position_steps.dtype)
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,23 +1,64 @@
-"""BLN's training pass with a closed-form gradient (the layer's hot path)."""
+"""BLN's moments (masked or not) and its training pass with a closed-form gradient."""
 
 from keras import ops
 
 
-def normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon):
+def sample_weights(mask, x):
+    """A Keras mask of shape `x.shape[:-1]` as 0/1 weights of shape `(m, d1, ..., dk, 1)`."""
+    if len(mask.shape) != len(x.shape) - 1:
+        raise ValueError(
+            "The mask must have one dimension less than the inputs. "
+            f"Received: mask.shape={mask.shape}, inputs.shape={x.shape}"
+        )
+    weights = ops.cast(ops.expand_dims(mask, -1), x.dtype)
+    return ops.broadcast_to(weights, tuple(ops.shape(x)[:-1]) + (1,))
+
+
+def batch_moments(x, weights=None):
+    """Per position: mean and biased variance over axis 0, and the number of samples.
+
+    With `weights` (0/1, from `sample_weights`) only the kept samples count; a
+    position with none gets mean 0 and variance 0. Returns `(mean, var, count)`
+    with `count` of shape `(d1, ..., dk, 1)`, or `None` without weights.
+    """
+    if weights is None:
+        mean, var = ops.moments(x, axes=[0])
+        return mean, var, None
+    count = ops.sum(weights, axis=0)
+    divisor = ops.maximum(count, 1.0)
+    mean = ops.sum(weights * x, axis=0) / divisor
+    var = ops.sum(weights * ops.square(x - mean), axis=0) / divisor
+    return mean, var, count
+
+
+def normalize_for_training(x, gamma, beta, moments, weights, feature_weight, batch_weight, epsilon):
     """BLN's training forward pass with a hand-written backward pass.
+
+    `moments` are `(batch_mean, batch_var, count, feature_mean, feature_var)` of `x`,
+    computed beside this function (they feed the population statistics too); the
+    custom gradient covers the output only, so every backend's `custom_gradient`
+    (TensorFlow, JAX, PyTorch) sees one output and one upstream gradient. Its
+    backward is the total derivative with respect to `x`, the moments' dependence
+    on `x` included. With `weights`, masked samples are left out of the batch
+    moments (`d mean / d x_j = w_j / n`), and the formula reduces to the unmasked
+    one when every weight is 1.
 
     Autodiff of the two normalizations builds about twice the graph a single
     BatchNormalization does; the closed-form gradient below (the usual
     normalization backward, once per axis) makes training about 25 % faster.
-    Returns the output and the step's statistics for the population averages:
-    batch mean and variance, and the batch-averaged feature mean and variance.
     """
     reduce_axes = list(range(len(x.shape) - 1))
+    batch_mean, batch_var, count, feature_mean, feature_var = (
+        None if value is None else ops.stop_gradient(value) for value in moments
+    )
+
+    def batch_average(value):
+        if weights is None:
+            return ops.mean(value, axis=0)
+        return weights * (ops.sum(value, axis=0) / ops.maximum(count, 1.0))
 
     @ops.custom_gradient
     def forward(x, gamma, beta):
-        batch_mean, batch_var = ops.moments(x, axes=[0])
-        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
         batch_rstd = ops.rsqrt(batch_var + epsilon)
         feature_rstd = ops.rsqrt(feature_var + epsilon)
         x_batch = (x - batch_mean) * batch_rstd
@@ -26,11 +67,10 @@ def normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon
         outputs = gamma * x_hat + beta
 
         def backward(*args, upstream=None):
-            grads = args if upstream is None else upstream
-            grad = grads[0] if isinstance(grads, (tuple, list)) else grads
+            grad = upstream if upstream is not None else args[0]
             g = grad * gamma
             grad_batch = (batch_weight * batch_rstd) * (
-                g - ops.mean(g, axis=0) - x_batch * ops.mean(g * x_batch, axis=0)
+                g - batch_average(g) - x_batch * batch_average(g * x_batch)
             )
             grad_feature = (feature_weight * feature_rstd) * (
                 g
@@ -43,12 +83,6 @@ def normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon
                 ops.sum(grad, axis=reduce_axes),
             )
 
-        statistics = (
-            batch_mean,
-            batch_var,
-            ops.mean(feature_mean, axis=0),
-            ops.mean(feature_var, axis=0),
-        )
-        return (outputs, *statistics), backward
+        return outputs, backward
 
     return forward(x, gamma, beta)
