@@ -237,7 +237,6 @@ class BatchLayerNormalization(keras.layers.Layer):
         """
         if self.built:
             self.moving_steps.assign(0.0)
-            self.training_batch_size.assign(0.0)
             self.moving_position_steps.assign(ops.zeros(self.moving_position_steps.shape))
 
     def call(self, inputs, training=None, mask=None):
@@ -372,7 +371,8 @@ class ResetPopulationStatistics(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         for layer in find_bln_layers(self.model):
-            layer.reset_population_statistics()
+            if layer.trainable:  # a frozen layer's state does not change, as in Keras
+                layer.reset_population_statistics()
 
 
 def find_bln_layers(model) -> list[BatchLayerNormalization]:

@@ -603,3 +603,27 @@ def test_mask_of_the_wrong_rank_is_a_clear_error():
     layer = BatchLayerNormalization()
     with pytest.raises(ValueError, match="one dimension less"):
         layer(np.ones((2, 3, 4), "float32"), mask=np.ones((2, 3, 4), bool))
+
+
+# A frozen layer (trainable=False) behaves as Keras's BatchNormalization does.
+
+
+def test_frozen_layer_normalizes_in_inference_mode_and_keeps_its_state_in_fit():
+    rng = np.random.default_rng(20)
+    model = dense_model(feature_moving_mean=True)
+    x = batch(rng, 24, (5,))
+    y = x.sum(axis=1, keepdims=True)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    layer = model.get_layer("bln")
+    layer.trainable = False
+    model.compile(optimizer="sgd", loss="mse")
+    probe = batch(rng, 8, (5,), scale=2.0, shift=-1.0)
+    for config in all_configurations():
+        configure(layer, config)
+        inference = keras.ops.convert_to_numpy(layer(probe, training=False))
+        in_training = keras.ops.convert_to_numpy(layer(probe, training=True))
+        np.testing.assert_allclose(in_training, inference, atol=1e-6)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in layer.weights]
+    model.fit(x, y, batch_size=6, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    for name, value, variable in zip([v.name for v in layer.weights], before, layer.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value, err_msg=name)
