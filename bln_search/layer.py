@@ -136,12 +136,10 @@ class BatchLayerNormalization(keras.layers.Layer):
         self.gamma = None
         self.beta = None
 
-    # The four flags: Python booleans before `build`, non-trainable weights after.
+    # The four flags: Python booleans, mirrored into non-trainable weights once built
+    # (so `call` reads them as state). Reading one never touches the device.
     def _get_flag(self, name):
-        variable = self._flag_variables.get(name)
-        if variable is None:
-            return self._flag_values[name]
-        return bool(ops.convert_to_numpy(variable) > 0.5)
+        return self._flag_values[name]
 
     def _set_flag(self, name, value):
         if not isinstance(value, bool):
@@ -196,24 +194,32 @@ class BatchLayerNormalization(keras.layers.Layer):
             )
         feature_shape = inner[:-1] + (1,)
 
-        def state(name, shape, initializer):
+        def state(name, shape, initializer, dtype=None):
             return self.add_weight(
-                shape=shape, name=name, initializer=initializer, trainable=False, autocast=False
+                shape=shape,
+                name=name,
+                initializer=initializer,
+                dtype=dtype,
+                trainable=False,
+                autocast=False,
             )
 
         self.moving_batch_mean = state("moving_batch_mean", inner, "zeros")
         self.moving_batch_variance = state("moving_batch_variance", inner, "ones")
         self.moving_feature_mean = state("moving_feature_mean", feature_shape, "zeros")
         self.moving_feature_variance = state("moving_feature_variance", feature_shape, "ones")
-        # Steps averaged since the last reset, and the largest batch among them.
-        self.moving_steps = state("moving_steps", (), "zeros")
-        self.training_batch_size = state("training_batch_size", (), "zeros")
+        # Steps averaged since the last reset, and the largest batch among them: float32
+        # whatever the policy (a bfloat16 count stops at 256).
+        self.moving_steps = state("moving_steps", (), "zeros", "float32")
+        self.training_batch_size = state("training_batch_size", (), "zeros", "float32")
         for name in FLAG_NAMES:
             self._flag_variables[name] = state(
                 name, (), initializers.Constant(1.0 if self._flag_values[name] else 0.0)
             )
         # Steps per position: a position masked in every sample of a step skips it.
-        self.moving_position_steps = state("moving_position_steps", feature_shape, "zeros")
+        self.moving_position_steps = state(
+            "moving_position_steps", feature_shape, "zeros", "float32"
+        )
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={-1: channels})
 
     def load_own_variables(self, store):
@@ -228,6 +234,8 @@ class BatchLayerNormalization(keras.layers.Layer):
             )
         else:
             super().load_own_variables(store)
+        for name, variable in self._flag_variables.items():  # the Python side follows the file
+            self._flag_values[name] = bool(ops.convert_to_numpy(variable) > 0.5)
 
     def reset_population_statistics(self):
         """Restarts the population averages: the next training step starts a new average.
@@ -240,7 +248,6 @@ class BatchLayerNormalization(keras.layers.Layer):
             self.moving_position_steps.assign(ops.zeros(self.moving_position_steps.shape))
 
     def call(self, inputs, training=None, mask=None):
-        input_dtype = inputs.dtype
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         dtype = x.dtype
         channels = x.shape[-1]
@@ -260,7 +267,7 @@ class BatchLayerNormalization(keras.layers.Layer):
             self._update_population(
                 batch_mean, batch_var, feature_mean, feature_var, weights, count, batch_size
             )
-            return ops.cast(outputs, input_dtype)
+            return ops.cast(outputs, self.compute_dtype)
 
         def pick(flag, population, current):
             return ops.where(self._flag_variables[flag] > 0.5, ops.cast(population, dtype), current)
@@ -279,7 +286,7 @@ class BatchLayerNormalization(keras.layers.Layer):
         # term b * mu_B folded into the offset before it meets the full tensor.
         offset = beta - gamma * batch_mean * batch_scale
         outputs = gamma * ((x - feature_mean) * feature_scale + x * batch_scale) + offset
-        return ops.cast(outputs, input_dtype)
+        return ops.cast(outputs, self.compute_dtype)
 
     def _mixing_weights(self, batch_size, channels):
         """`(1/m - delta) / sqrt(C)` and `(1 - 1/m - delta) / sqrt(C)`."""

@@ -627,3 +627,58 @@ def test_frozen_layer_normalizes_in_inference_mode_and_keeps_its_state_in_fit():
     model.fit(x, y, batch_size=6, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
     for name, value, variable in zip([v.name for v in layer.weights], before, layer.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value, err_msg=name)
+
+
+# Dtypes and flags.
+
+
+def test_output_has_the_compute_dtype_whatever_the_input_dtype():
+    rng = np.random.default_rng(21)
+    layer, reference = random_layer((5,), rng)
+    x = np.round(batch(rng, 6, (5,)) * 3)
+    out = layer(x.astype("int32"), training=True)  # integer inputs are not autocast by Keras
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    assert max_error(out, reference.train(x)) <= ATOL
+
+
+@pytest.mark.parametrize("policy", ["bfloat16", "mixed_bfloat16"])
+def test_bfloat16_is_finite_and_close_to_float32(policy):
+    rng = np.random.default_rng(22)
+    x = batch(rng, 8, (4, 6), scale=50.0)
+    layers = [BatchLayerNormalization(dtype=p) for p in (policy, "float32")]
+    for _ in range(3):
+        outs = [
+            keras.ops.convert_to_numpy(bln(x, training=True)).astype("float32") for bln in layers
+        ]
+    assert keras.backend.standardize_dtype(layers[0](x).dtype) == "bfloat16"
+    assert np.all(np.isfinite(outs[0]))
+    np.testing.assert_allclose(outs[0], outs[1], atol=0.05)  # bfloat16 keeps 8 bits
+    for config in all_configurations():
+        for layer in layers:
+            configure(layer, config)
+        infer = [keras.ops.convert_to_numpy(bln(x)).astype("float32") for bln in layers]
+        assert np.all(np.isfinite(infer[0]))
+        np.testing.assert_allclose(infer[0], infer[1], atol=0.05)
+    layer = layers[0]  # the step counters stay exact past bfloat16's 256
+    layer.moving_steps.assign(256.0)
+    layer.moving_position_steps.assign(np.full(layer.moving_position_steps.shape, 256.0))
+    layer(x, training=True)
+    assert float(layer.moving_steps) == 257
+    assert np.all(keras.ops.convert_to_numpy(layer.moving_position_steps) == 257)
+
+
+def test_reading_a_flag_never_converts_to_numpy(monkeypatch):
+    layer = BatchLayerNormalization(feature_moving_mean=True)
+    layer.build((None, 3))
+    layer.batch_moving_var = False
+
+    def no_host_sync(*args, **kwargs):
+        raise AssertionError("a flag read converted a tensor to NumPy")
+
+    monkeypatch.setattr(keras.ops, "convert_to_numpy", no_host_sync)
+    assert (layer.batch_moving_mean, layer.batch_moving_var) == (True, False)
+    assert (layer.feature_moving_mean, layer.feature_moving_var) == (True, False)
+    assert layer.statistics_config.as_dict() == {
+        name: layer.get_config()[name] for name in FLAG_NAMES
+    }
+    assert layer.get_config()["batch_moving_var"] is False
