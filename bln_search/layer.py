@@ -8,7 +8,12 @@ import keras
 from keras import constraints, initializers, ops, regularizers
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig
-from bln_search.layer_gradient import batch_moments, normalize_for_training, sample_weights
+from bln_search.layer_gradient import (
+    batch_moments,
+    moments,
+    normalize_for_training,
+    sample_weights,
+)
 
 _PACKAGE = "bln_search"
 
@@ -256,13 +261,13 @@ class BatchLayerNormalization(keras.layers.Layer):
         batch_size = ops.cast(ops.shape(x)[0], dtype)
         weights = None if mask is None else sample_weights(mask, x)
         batch_mean, batch_var, count = batch_moments(x, weights)
-        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
+        feature_mean, feature_var = moments(x, -1)
 
         if training and self.trainable:
             feature_weight, batch_weight = self._mixing_weights(batch_size, channels)
-            moments = (batch_mean, batch_var, count, feature_mean, feature_var)
+            statistics = (batch_mean, batch_var, count, feature_mean, feature_var)
             outputs = normalize_for_training(
-                x, gamma, beta, moments, weights, feature_weight, batch_weight, self.epsilon
+                x, gamma, beta, statistics, weights, feature_weight, batch_weight, self.epsilon
             )
             self._update_population(
                 batch_mean, batch_var, feature_mean, feature_var, weights, count, batch_size

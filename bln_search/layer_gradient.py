@@ -14,6 +14,17 @@ def sample_weights(mask, x):
     return ops.broadcast_to(weights, tuple(ops.shape(x)[:-1]) + (1,))
 
 
+def moments(x, axis):
+    """Mean and biased variance over `axis` (kept), in two passes on every backend.
+
+    `keras.ops.moments` on PyTorch uses `E[x^2] - E[x]^2`, which loses digits to
+    cancellation when the mean is large against the spread; TensorFlow and JAX
+    subtract the mean first, as this does.
+    """
+    mean = ops.mean(x, axis=axis, keepdims=True)
+    return mean, ops.mean(ops.square(x - mean), axis=axis, keepdims=True)
+
+
 def batch_moments(x, weights=None):
     """Per position: mean and biased variance over axis 0, and the number of samples.
 
@@ -22,8 +33,8 @@ def batch_moments(x, weights=None):
     with `count` of shape `(d1, ..., dk, 1)`, or `None` without weights.
     """
     if weights is None:
-        mean, var = ops.moments(x, axes=[0])
-        return mean, var, None
+        mean, var = moments(x, 0)
+        return mean[0], var[0], None
     count = ops.sum(weights, axis=0)
     divisor = ops.maximum(count, 1.0)
     mean = ops.sum(weights * x, axis=0) / divisor
