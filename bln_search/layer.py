@@ -1,8 +1,6 @@
-"""The Batch Layer Normalization layer, its epoch-reset callback and helpers."""
+"""The Batch Layer Normalization layer (its callback and `configure`: `layer_tools.py`)."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import keras
 from keras import constraints, initializers, ops, regularizers
@@ -10,9 +8,11 @@ from keras import constraints, initializers, ops, regularizers
 from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.layer_gradient import (
     batch_moments,
+    mixing_weights,
     moments,
     normalize_for_training,
     sample_weights,
+    step_statistics,
 )
 
 _PACKAGE = "bln_search"
@@ -42,23 +42,27 @@ class BatchLayerNormalization(keras.layers.Layer):
 
     Small batches therefore lean on layer normalization and large ones on batch
     normalization. Every training step also accumulates population statistics:
-    the step's `mu_B` and `var_B` (the latter with Bessel's correction
-    `m / (m - 1)` when `m > 1`), and the batch averages of `mu_F` and `var_F`.
-    With `momentum=None` (the published method) the population value is the plain
-    average over the steps since the last reset; the
-    `ResetPopulationStatistics` callback resets at the start of every epoch, so
-    after `fit` the population describes the last epoch. With a float `momentum`
-    they are exponential moving averages, as in `BatchNormalization`. Before any
-    training step the population means are 0 and the variances 1.
+    the step's `mu_B` and `var_B` (with Bessel's correction `m / (m - 1)` when
+    `m > 1`), and the batch averages of `mu_F` and `var_F`. With `momentum=None`
+    (as published) the population is the plain average over the steps since the
+    last reset (`ResetPopulationStatistics` resets each epoch, so after `fit` it
+    describes the last epoch); with a float `momentum`, exponential moving
+    averages. Before any training step the means are 0 and the variances 1.
 
     **At inference** each of the four statistics comes either from the population
-    (flag `True`) or from the current batch (flag `False`). The mixing weights use
-    the training batch size (the largest batch seen since the last reset), not
-    the inference batch size, so any inference batch size works. The flags are
-    layer state (non-trainable weights): assigning `layer.batch_moving_mean = ...`
-    on a built, compiled model changes the next `predict`/`evaluate` without a
-    rebuild or a retrace. `bln_search.configure(model, config)` sets all four on
-    every BLN layer of a model.
+    (flag `True`) or from the current batch (flag `False`); the mixing weights use
+    the training batch size (the largest since the last reset), so any inference
+    batch size works. The flags are layer state: `layer.batch_moving_mean = ...`
+    or `bln_search.configure(model, config)` changes the next `predict`/`evaluate`
+    without a rebuild or a retrace.
+
+    **Masks** (e.g. from `Embedding(mask_zero=True)`) leave masked samples out of
+    the batch moments at each position, in training and at inference, and out of
+    the population; a position masked in every sample of a step keeps its
+    population value. The mixing weights still use the full batch size.
+    **Frozen** (`trainable=False`), the layer normalizes in inference mode even in
+    `fit` and its state never changes, as with `BatchNormalization`. It trains and
+    infers on the TensorFlow, JAX and PyTorch backends with the same numbers.
 
     Args:
         batch_moving_mean: At inference, use the population batch mean (`True`)
@@ -86,8 +90,10 @@ class BatchLayerNormalization(keras.layers.Layer):
         inputs: Input tensor of rank 2 or more whose non-batch dimensions are
             known when the layer is built.
         training: Python boolean. `True`: normalize with the current batch's
-            statistics and update the population statistics. `False` (default):
-            normalize with the statistics the four flags select.
+            statistics and update the population statistics (unless frozen).
+            `False` (default): normalize with the statistics the flags select.
+        mask: Optional boolean tensor of shape `inputs.shape[:-1]`; `False`
+            leaves that sample out of the statistics at that position.
 
     Reference:
 
@@ -264,14 +270,19 @@ class BatchLayerNormalization(keras.layers.Layer):
         feature_mean, feature_var = moments(x, -1)
 
         if training and self.trainable:
-            feature_weight, batch_weight = self._mixing_weights(batch_size, channels)
-            statistics = (batch_mean, batch_var, count, feature_mean, feature_var)
+            feature_weight, batch_weight = mixing_weights(batch_size, channels, self.delta)
+            statistics = (batch_mean, batch_var, feature_mean, feature_var)
             outputs = normalize_for_training(
-                x, gamma, beta, statistics, weights, feature_weight, batch_weight, self.epsilon
+                x,
+                gamma,
+                beta,
+                statistics,
+                weights,
+                count,
+                (feature_weight, batch_weight),
+                self.epsilon,
             )
-            self._update_population(
-                batch_mean, batch_var, feature_mean, feature_var, weights, count, batch_size
-            )
+            self._update_population(statistics, weights, count, batch_size)
             return ops.cast(outputs, self.compute_dtype)
 
         def pick(flag, population, current):
@@ -282,8 +293,8 @@ class BatchLayerNormalization(keras.layers.Layer):
         feature_mean = pick("feature_moving_mean", self.moving_feature_mean, feature_mean)
         feature_var = pick("feature_moving_var", self.moving_feature_variance, feature_var)
         trained_size = ops.cast(self.training_batch_size, dtype)
-        feature_weight, batch_weight = self._mixing_weights(
-            ops.where(trained_size > 0, trained_size, batch_size), channels
+        feature_weight, batch_weight = mixing_weights(
+            ops.where(trained_size > 0, trained_size, batch_size), channels, self.delta
         )
         feature_scale = feature_weight * ops.rsqrt(feature_var + self.epsilon)
         batch_scale = batch_weight * ops.rsqrt(batch_var + self.epsilon)
@@ -293,41 +304,24 @@ class BatchLayerNormalization(keras.layers.Layer):
         outputs = gamma * ((x - feature_mean) * feature_scale + x * batch_scale) + offset
         return ops.cast(outputs, self.compute_dtype)
 
-    def _mixing_weights(self, batch_size, channels):
-        """`(1/m - delta) / sqrt(C)` and `(1 - 1/m - delta) / sqrt(C)`."""
-        inv_sqrt_c = 1.0 / float(channels) ** 0.5
-        return (
-            (1.0 / batch_size - self.delta) * inv_sqrt_c,
-            (1.0 - 1.0 / batch_size - self.delta) * inv_sqrt_c,
-        )
-
-    def _update_population(
-        self, batch_mean, batch_var, feature_mean, feature_var, weights, count, batch_size
-    ):
+    def _update_population(self, statistics, weights, count, batch_size):
         """Folds one step into the population; a position with no kept sample is skipped."""
         dtype = batch_size.dtype
-        if weights is None:
-            count = ops.broadcast_to(batch_size, self.moving_position_steps.shape)
-            mean_feature_mean = ops.mean(feature_mean, axis=0)
-            mean_feature_var = ops.mean(feature_var, axis=0)
-        else:
-            divisor = ops.maximum(count, 1.0)
-            mean_feature_mean = ops.sum(weights * feature_mean, axis=0) / divisor
-            mean_feature_var = ops.sum(weights * feature_var, axis=0) / divisor
+        shape = self.moving_position_steps.shape
+        *values, count = step_statistics(*statistics, weights, count, batch_size, shape)
         seen = ops.cast(count > 0, dtype)
         position_steps = ops.cast(self.moving_position_steps, dtype)
         if self.momentum is None:
             rate = seen / (position_steps + 1.0)
         else:
             rate = seen * (1.0 - self.momentum)
-        bessel = ops.where(count > 1.0, count / ops.maximum(count - 1.0, 1.0), 1.0)
-        updates = (
-            (self.moving_batch_mean, batch_mean),
-            (self.moving_batch_variance, batch_var * bessel),
-            (self.moving_feature_mean, mean_feature_mean),
-            (self.moving_feature_variance, mean_feature_var),
+        population = (
+            self.moving_batch_mean,
+            self.moving_batch_variance,
+            self.moving_feature_mean,
+            self.moving_feature_variance,
         )
-        for variable, value in updates:
+        for variable, value in zip(population, values):
             current = ops.cast(variable, dtype)
             variable.assign(ops.cast(current + rate * (value - current), variable.dtype))
         steps = ops.cast(self.moving_steps, dtype)
@@ -364,56 +358,3 @@ class BatchLayerNormalization(keras.layers.Layer):
             }
         )
         return config
-
-
-class ResetPopulationStatistics(keras.callbacks.Callback):
-    """Restarts every BLN layer's population averages at the start of each epoch.
-
-    This is the published behaviour: after `fit`, the population statistics are
-    the averages over the last epoch's steps. It counts steps as they happen, so
-    it works with any `steps_per_epoch`, partial last batches and datasets of
-    unknown length.
-
-    Example:
-
-    ```python
-    model.fit(x, y, epochs=5, callbacks=[bln_search.ResetPopulationStatistics()])
-    ```
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for layer in find_bln_layers(self.model):
-            if layer.trainable:  # a frozen layer's state does not change, as in Keras
-                layer.reset_population_statistics()
-
-
-def find_bln_layers(model) -> list[BatchLayerNormalization]:
-    """Every `BatchLayerNormalization` in `model`, nested models and layers included."""
-    if isinstance(model, BatchLayerNormalization):
-        return [model]
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, BatchLayerNormalization)
-    ]
-
-
-def configure(
-    model, config: StatisticsConfig | Mapping[str, bool]
-) -> list[BatchLayerNormalization]:
-    """Sets the four inference flags on every BLN layer of `model`; returns those layers.
-
-    `config` is a `StatisticsConfig` or a mapping with exactly the four flags (as
-    `bln_search.load_config` returns). Takes effect on the next `predict` or
-    `evaluate`, without rebuilding or recompiling.
-    """
-    config = StatisticsConfig.from_mapping(config)
-    layers = find_bln_layers(model)
-    if not layers:
-        raise ValueError(
-            f"model {getattr(model, 'name', model)!r} contains no BatchLayerNormalization layer"
-        )
-    for layer in layers:
-        for name, value in config.as_dict().items():
-            setattr(layer, name, value)
-    return layers

@@ -1,4 +1,5 @@
-"""BLN's moments (masked or not) and its training pass with a closed-form gradient."""
+"""BLN's arithmetic: moments (masked or not), mixing weights, one step's population
+statistics, and the training pass with a closed-form gradient."""
 
 from keras import ops
 
@@ -42,11 +43,37 @@ def batch_moments(x, weights=None):
     return mean, var, count
 
 
-def normalize_for_training(x, gamma, beta, moments, weights, feature_weight, batch_weight, epsilon):
+def mixing_weights(batch_size, channels, delta):
+    """`(1/m - delta) / sqrt(C)` and `(1 - 1/m - delta) / sqrt(C)`."""
+    inv_sqrt_c = 1.0 / float(channels) ** 0.5
+    return (1.0 / batch_size - delta) * inv_sqrt_c, (1.0 - 1.0 / batch_size - delta) * inv_sqrt_c
+
+
+def step_statistics(batch_mean, batch_var, feature_mean, feature_var, weights, count, m, shape):
+    """One training step's statistics for the population, and the kept samples per position.
+
+    The batch variance gets Bessel's correction `n / (n - 1)` with `n` the kept
+    samples at each position (none when `n <= 1`); the feature moments are averaged
+    over the kept samples. Without `weights` every position keeps all `m` samples.
+    """
+    if weights is None:
+        count = ops.broadcast_to(m, shape)
+        mean_feature_mean = ops.mean(feature_mean, axis=0)
+        mean_feature_var = ops.mean(feature_var, axis=0)
+    else:
+        divisor = ops.maximum(count, 1.0)
+        mean_feature_mean = ops.sum(weights * feature_mean, axis=0) / divisor
+        mean_feature_var = ops.sum(weights * feature_var, axis=0) / divisor
+    bessel = ops.where(count > 1.0, count / ops.maximum(count - 1.0, 1.0), 1.0)
+    return batch_mean, batch_var * bessel, mean_feature_mean, mean_feature_var, count
+
+
+def normalize_for_training(x, gamma, beta, moments, weights, count, mixing, epsilon):
     """BLN's training forward pass with a hand-written backward pass.
 
-    `moments` are `(batch_mean, batch_var, count, feature_mean, feature_var)` of `x`,
-    computed beside this function (they feed the population statistics too); the
+    `moments` are `(batch_mean, batch_var, feature_mean, feature_var)` of `x` (and
+    `count` the kept samples per position, with `weights`), computed beside this
+    function (they feed the population statistics too); the
     custom gradient covers the output only, so every backend's `custom_gradient`
     (TensorFlow, JAX, PyTorch) sees one output and one upstream gradient. Its
     backward is the total derivative with respect to `x`, the moments' dependence
@@ -59,9 +86,8 @@ def normalize_for_training(x, gamma, beta, moments, weights, feature_weight, bat
     normalization backward, once per axis) makes training about 25 % faster.
     """
     reduce_axes = list(range(len(x.shape) - 1))
-    batch_mean, batch_var, count, feature_mean, feature_var = (
-        None if value is None else ops.stop_gradient(value) for value in moments
-    )
+    feature_weight, batch_weight = mixing
+    batch_mean, batch_var, feature_mean, feature_var = (ops.stop_gradient(v) for v in moments)
 
     def batch_average(value):
         if weights is None:

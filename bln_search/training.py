@@ -28,7 +28,7 @@ def train(
     """
     import keras
 
-    from bln_search.layer import ResetPopulationStatistics, configure
+    from bln_search.layer_tools import ResetPopulationStatistics, configure
 
     if output is not None and Path(output).suffix != ".keras":
         raise UsageError(f"`output` must end in .keras, got {output}")
