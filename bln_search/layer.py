@@ -8,6 +8,7 @@ from keras import constraints, initializers, ops, regularizers
 from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.layer_gradient import (
     batch_moments,
+    cast,
     mixing_weights,
     moments,
     normalize_for_training,
@@ -259,12 +260,14 @@ class BatchLayerNormalization(keras.layers.Layer):
             self.moving_position_steps.assign(ops.zeros(self.moving_position_steps.shape))
 
     def call(self, inputs, training=None, mask=None):
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        dtype = x.dtype
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        x = cast(inputs, dtype)
         channels = x.shape[-1]
-        gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones((channels,), dtype)
-        beta = ops.cast(self.beta, dtype) if self.center else ops.zeros((channels,), dtype)
-        batch_size = ops.cast(ops.shape(x)[0], dtype)
+        gamma = cast(self.gamma, dtype) if self.scale else ops.ones((channels,), dtype)
+        beta = cast(self.beta, dtype) if self.center else ops.zeros((channels,), dtype)
+        # A static batch size stays a Python float, so the arithmetic on it costs no ops.
+        static = x.shape[0]
+        batch_size = float(static) if static is not None else ops.cast(ops.shape(x)[0], dtype)
         weights = None if mask is None else sample_weights(mask, x)
         batch_mean, batch_var, count = batch_moments(x, weights)
         feature_mean, feature_var = moments(x, -1)
@@ -282,17 +285,17 @@ class BatchLayerNormalization(keras.layers.Layer):
                 (feature_weight, batch_weight),
                 self.epsilon,
             )
-            self._update_population(statistics, weights, count, batch_size)
-            return ops.cast(outputs, self.compute_dtype)
+            self._update_population(statistics, weights, count, batch_size, dtype)
+            return cast(outputs, self.compute_dtype)
 
         def pick(flag, population, current):
-            return ops.where(self._flag_variables[flag] > 0.5, ops.cast(population, dtype), current)
+            return ops.where(self._flag_variables[flag] > 0.5, cast(population, dtype), current)
 
         batch_mean = pick("batch_moving_mean", self.moving_batch_mean, batch_mean)
         batch_var = pick("batch_moving_var", self.moving_batch_variance, batch_var)
         feature_mean = pick("feature_moving_mean", self.moving_feature_mean, feature_mean)
         feature_var = pick("feature_moving_var", self.moving_feature_variance, feature_var)
-        trained_size = ops.cast(self.training_batch_size, dtype)
+        trained_size = cast(self.training_batch_size, dtype)
         feature_weight, batch_weight = mixing_weights(
             ops.where(trained_size > 0, trained_size, batch_size), channels, self.delta
         )
@@ -302,15 +305,13 @@ class BatchLayerNormalization(keras.layers.Layer):
         # term b * mu_B folded into the offset before it meets the full tensor.
         offset = beta - gamma * batch_mean * batch_scale
         outputs = gamma * ((x - feature_mean) * feature_scale + x * batch_scale) + offset
-        return ops.cast(outputs, self.compute_dtype)
+        return cast(outputs, self.compute_dtype)
 
-    def _update_population(self, statistics, weights, count, batch_size):
+    def _update_population(self, statistics, weights, count, batch_size, dtype):
         """Folds one step into the population; a position with no kept sample is skipped."""
-        dtype = batch_size.dtype
-        shape = self.moving_position_steps.shape
-        *values, count = step_statistics(*statistics, weights, count, batch_size, shape)
-        seen = ops.cast(count > 0, dtype)
-        position_steps = ops.cast(self.moving_position_steps, dtype)
+        *values, count = step_statistics(*statistics, weights, count, batch_size)
+        position_steps = cast(self.moving_position_steps, dtype)
+        seen = 1.0 if weights is None else ops.cast(count > 0, dtype)
         if self.momentum is None:
             rate = seen / (position_steps + 1.0)
         else:
@@ -322,18 +323,16 @@ class BatchLayerNormalization(keras.layers.Layer):
             self.moving_feature_variance,
         )
         for variable, value in zip(population, values):
-            current = ops.cast(variable, dtype)
-            variable.assign(ops.cast(current + rate * (value - current), variable.dtype))
-        steps = ops.cast(self.moving_steps, dtype)
+            current = cast(variable, dtype)
+            variable.assign(cast(current + rate * (value - current), variable.dtype))
+        steps = cast(self.moving_steps, dtype)
         largest = ops.where(
-            steps > 0,
-            ops.maximum(ops.cast(self.training_batch_size, dtype), batch_size),
-            batch_size,
+            steps > 0, ops.maximum(cast(self.training_batch_size, dtype), batch_size), batch_size
         )
-        self.training_batch_size.assign(ops.cast(largest, self.training_batch_size.dtype))
-        self.moving_steps.assign(ops.cast(steps + 1.0, self.moving_steps.dtype))
+        self.training_batch_size.assign(cast(largest, self.training_batch_size.dtype))
+        self.moving_steps.assign(cast(steps + 1.0, self.moving_steps.dtype))
         self.moving_position_steps.assign(
-            ops.cast(position_steps + seen, self.moving_position_steps.dtype)
+            cast(position_steps + seen, self.moving_position_steps.dtype)
         )
 
     def compute_output_shape(self, input_shape):

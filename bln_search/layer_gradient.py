@@ -1,7 +1,15 @@
 """BLN's arithmetic: moments (masked or not), mixing weights, one step's population
 statistics, and the training pass with a closed-form gradient."""
 
+import keras
 from keras import ops
+
+
+def cast(value, dtype):
+    """`ops.cast` only where the dtype differs: on eager PyTorch every op has a cost."""
+    if keras.backend.standardize_dtype(value.dtype) == dtype:
+        return value.value if isinstance(value, keras.Variable) else value
+    return ops.cast(value, dtype)
 
 
 def sample_weights(mask, x):
@@ -34,8 +42,8 @@ def batch_moments(x, weights=None):
     with `count` of shape `(d1, ..., dk, 1)`, or `None` without weights.
     """
     if weights is None:
-        mean, var = moments(x, 0)
-        return mean[0], var[0], None
+        mean = ops.mean(x, axis=0)
+        return mean, ops.mean(ops.square(x - mean), axis=0), None
     count = ops.sum(weights, axis=0)
     divisor = ops.maximum(count, 1.0)
     mean = ops.sum(weights * x, axis=0) / divisor
@@ -49,22 +57,26 @@ def mixing_weights(batch_size, channels, delta):
     return (1.0 / batch_size - delta) * inv_sqrt_c, (1.0 - 1.0 / batch_size - delta) * inv_sqrt_c
 
 
-def step_statistics(batch_mean, batch_var, feature_mean, feature_var, weights, count, m, shape):
+def step_statistics(batch_mean, batch_var, feature_mean, feature_var, weights, count, m):
     """One training step's statistics for the population, and the kept samples per position.
 
     The batch variance gets Bessel's correction `n / (n - 1)` with `n` the kept
     samples at each position (none when `n <= 1`); the feature moments are averaged
-    over the kept samples. Without `weights` every position keeps all `m` samples.
+    over the kept samples. Without `weights` every position keeps all `m` samples
+    (`m` a Python float where the batch size is static, a scalar tensor otherwise).
     """
     if weights is None:
-        count = ops.broadcast_to(m, shape)
+        count = m
         mean_feature_mean = ops.mean(feature_mean, axis=0)
         mean_feature_var = ops.mean(feature_var, axis=0)
     else:
         divisor = ops.maximum(count, 1.0)
         mean_feature_mean = ops.sum(weights * feature_mean, axis=0) / divisor
         mean_feature_var = ops.sum(weights * feature_var, axis=0) / divisor
-    bessel = ops.where(count > 1.0, count / ops.maximum(count - 1.0, 1.0), 1.0)
+    if isinstance(count, float):  # a static batch size: Python arithmetic, no ops
+        bessel = count / (count - 1.0) if count > 1.0 else 1.0
+    else:
+        bessel = ops.where(count > 1.0, count / ops.maximum(count - 1.0, 1.0), 1.0)
     return batch_mean, batch_var * bessel, mean_feature_mean, mean_feature_var, count
 
 
