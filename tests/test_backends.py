@@ -40,13 +40,17 @@ def tensorflow(tmp_path_factory):
     return probe(tmp_path_factory.mktemp("tensorflow"))
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_backend_matches_tensorflow(backend, tensorflow, tmp_path):
+def require(backend):
     if importlib.util.find_spec(backend) is None:
         message = f"{backend} is not installed (pip install -e '.[{backend}]')"
         if os.environ.get("BLN_SEARCH_REQUIRE_BACKENDS") == "1":
             pytest.fail(f"BLN_SEARCH_REQUIRE_BACKENDS=1 but {message}")
         pytest.skip(message)
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backend_matches_tensorflow(backend, tensorflow, tmp_path):
+    require(backend)
     env = {**os.environ, "KERAS_BACKEND": backend}
     subprocess.run(
         [sys.executable, "-m", "tests.backend_probe", str(tmp_path)],
@@ -72,3 +76,26 @@ def test_backend_matches_tensorflow(backend, tensorflow, tmp_path):
             atol=1e-4,
             err_msg=config.label,
         )
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_bln_search_run_completes_under_the_backend(backend, tmp_path):
+    """The search itself is backend-neutral Keras (tf.data feeds every backend)."""
+    import optuna
+
+    require(backend)
+    fixture = ROOT / "tests" / "fixtures" / "models.py"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "bln-search"), "run", "--model", f"{fixture}:build"]
+        + ["--data", f"{fixture}:load_data", "--epochs", "1", "--storage", storage, "-q"],
+        cwd=tmp_path,
+        env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="models-build", storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 16
