@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "BatchLayerNormalization": "bln_search.layer",
-    "ResetPopulationStatistics": "bln_search.layer",
-    "configure": "bln_search.layer",
-    "find_bln_layers": "bln_search.layer",
+    "ResetPopulationStatistics": "bln_search.layer_tools",
+    "configure": "bln_search.layer_tools",
+    "find_bln_layers": "bln_search.layer_tools",
     "StatisticsConfig": "bln_search.config",
     "ConfigError": "bln_search.errors",
     "FLAG_NAMES": "bln_search.config",

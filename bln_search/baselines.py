@@ -84,7 +84,8 @@ def replace_bln(model, baseline: str):
     import keras
 
     from bln_search.errors import UserCodeError
-    from bln_search.layer import BatchLayerNormalization, find_bln_layers
+    from bln_search.layer import BatchLayerNormalization
+    from bln_search.layer_tools import find_bln_layers
 
     record = get(baseline)
 

@@ -1,14 +1,20 @@
-"""The Batch Layer Normalization layer, its epoch-reset callback and helpers."""
+"""The Batch Layer Normalization layer (its callback and `configure`: `layer_tools.py`)."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import keras
 from keras import constraints, initializers, ops, regularizers
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig
-from bln_search.layer_gradient import normalize_for_training
+from bln_search.layer_gradient import (
+    batch_moments,
+    cast,
+    mixing_weights,
+    moments,
+    normalize_for_training,
+    sample_weights,
+    step_statistics,
+)
 
 _PACKAGE = "bln_search"
 
@@ -37,23 +43,27 @@ class BatchLayerNormalization(keras.layers.Layer):
 
     Small batches therefore lean on layer normalization and large ones on batch
     normalization. Every training step also accumulates population statistics:
-    the step's `mu_B` and `var_B` (the latter with Bessel's correction
-    `m / (m - 1)` when `m > 1`), and the batch averages of `mu_F` and `var_F`.
-    With `momentum=None` (the published method) the population value is the plain
-    average over the steps since the last reset; the
-    `ResetPopulationStatistics` callback resets at the start of every epoch, so
-    after `fit` the population describes the last epoch. With a float `momentum`
-    they are exponential moving averages, as in `BatchNormalization`. Before any
-    training step the population means are 0 and the variances 1.
+    the step's `mu_B` and `var_B` (with Bessel's correction `m / (m - 1)` when
+    `m > 1`), and the batch averages of `mu_F` and `var_F`. With `momentum=None`
+    (as published) the population is the plain average over the steps since the
+    last reset (`ResetPopulationStatistics` resets each epoch, so after `fit` it
+    describes the last epoch); with a float `momentum`, exponential moving
+    averages. Before any training step the means are 0 and the variances 1.
 
     **At inference** each of the four statistics comes either from the population
-    (flag `True`) or from the current batch (flag `False`). The mixing weights use
-    the training batch size (the largest batch seen since the last reset), not
-    the inference batch size, so any inference batch size works. The flags are
-    layer state (non-trainable weights): assigning `layer.batch_moving_mean = ...`
-    on a built, compiled model changes the next `predict`/`evaluate` without a
-    rebuild or a retrace. `bln_search.configure(model, config)` sets all four on
-    every BLN layer of a model.
+    (flag `True`) or from the current batch (flag `False`); the mixing weights use
+    the training batch size (the largest since the last reset), so any inference
+    batch size works. The flags are layer state: `layer.batch_moving_mean = ...`
+    or `bln_search.configure(model, config)` changes the next `predict`/`evaluate`
+    without a rebuild or a retrace.
+
+    **Masks** (e.g. from `Embedding(mask_zero=True)`) leave masked samples out of
+    the batch moments at each position, in training and at inference, and out of
+    the population; a position masked in every sample of a step keeps its
+    population value. The mixing weights still use the full batch size.
+    **Frozen** (`trainable=False`), the layer normalizes in inference mode even in
+    `fit` and its state never changes, as with `BatchNormalization`. It trains and
+    infers on the TensorFlow, JAX and PyTorch backends with the same numbers.
 
     Args:
         batch_moving_mean: At inference, use the population batch mean (`True`)
@@ -81,8 +91,10 @@ class BatchLayerNormalization(keras.layers.Layer):
         inputs: Input tensor of rank 2 or more whose non-batch dimensions are
             known when the layer is built.
         training: Python boolean. `True`: normalize with the current batch's
-            statistics and update the population statistics. `False` (default):
-            normalize with the statistics the four flags select.
+            statistics and update the population statistics (unless frozen).
+            `False` (default): normalize with the statistics the flags select.
+        mask: Optional boolean tensor of shape `inputs.shape[:-1]`; `False`
+            leaves that sample out of the statistics at that position.
 
     Reference:
 
@@ -136,12 +148,10 @@ class BatchLayerNormalization(keras.layers.Layer):
         self.gamma = None
         self.beta = None
 
-    # The four flags: Python booleans before `build`, non-trainable weights after.
+    # The four flags: Python booleans, mirrored into non-trainable weights once built
+    # (so `call` reads them as state). Reading one never touches the device.
     def _get_flag(self, name):
-        variable = self._flag_variables.get(name)
-        if variable is None:
-            return self._flag_values[name]
-        return bool(ops.convert_to_numpy(variable) > 0.5)
+        return self._flag_values[name]
 
     def _set_flag(self, name, value):
         if not isinstance(value, bool):
@@ -196,23 +206,48 @@ class BatchLayerNormalization(keras.layers.Layer):
             )
         feature_shape = inner[:-1] + (1,)
 
-        def state(name, shape, initializer):
+        def state(name, shape, initializer, dtype=None):
             return self.add_weight(
-                shape=shape, name=name, initializer=initializer, trainable=False, autocast=False
+                shape=shape,
+                name=name,
+                initializer=initializer,
+                dtype=dtype,
+                trainable=False,
+                autocast=False,
             )
 
         self.moving_batch_mean = state("moving_batch_mean", inner, "zeros")
         self.moving_batch_variance = state("moving_batch_variance", inner, "ones")
         self.moving_feature_mean = state("moving_feature_mean", feature_shape, "zeros")
         self.moving_feature_variance = state("moving_feature_variance", feature_shape, "ones")
-        # Steps averaged since the last reset, and the largest batch among them.
-        self.moving_steps = state("moving_steps", (), "zeros")
-        self.training_batch_size = state("training_batch_size", (), "zeros")
+        # Steps averaged since the last reset, and the largest batch among them: float32
+        # whatever the policy (a bfloat16 count stops at 256).
+        self.moving_steps = state("moving_steps", (), "zeros", "float32")
+        self.training_batch_size = state("training_batch_size", (), "zeros", "float32")
         for name in FLAG_NAMES:
             self._flag_variables[name] = state(
                 name, (), initializers.Constant(1.0 if self._flag_values[name] else 0.0)
             )
+        # Steps per position: a position masked in every sample of a step skips it.
+        self.moving_position_steps = state(
+            "moving_position_steps", feature_shape, "zeros", "float32"
+        )
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={-1: channels})
+
+    def load_own_variables(self, store):
+        """Loads the weights, including files saved before `moving_position_steps` existed."""
+        variables = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) == len(variables) - 1:  # older layout: the per-position counter last
+            for i, variable in enumerate(variables[:-1]):
+                variable.assign(store[f"{i}"])
+            steps = ops.cast(self.moving_steps, self.moving_position_steps.dtype)
+            self.moving_position_steps.assign(
+                ops.broadcast_to(steps, self.moving_position_steps.shape)
+            )
+        else:
+            super().load_own_variables(store)
+        for name, variable in self._flag_variables.items():  # the Python side follows the file
+            self._flag_values[name] = bool(ops.convert_to_numpy(variable) > 0.5)
 
     def reset_population_statistics(self):
         """Restarts the population averages: the next training step starts a new average.
@@ -222,38 +257,47 @@ class BatchLayerNormalization(keras.layers.Layer):
         """
         if self.built:
             self.moving_steps.assign(0.0)
-            self.training_batch_size.assign(0.0)
+            self.moving_position_steps.assign(ops.zeros(self.moving_position_steps.shape))
 
-    def call(self, inputs, training=None):
-        input_dtype = inputs.dtype
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        dtype = x.dtype
+    def call(self, inputs, training=None, mask=None):
+        dtype = keras.backend.result_type(inputs.dtype, "float32")
+        x = cast(inputs, dtype)
         channels = x.shape[-1]
-        gamma = ops.cast(self.gamma, dtype) if self.scale else ops.ones((channels,), dtype)
-        beta = ops.cast(self.beta, dtype) if self.center else ops.zeros((channels,), dtype)
-        batch_size = ops.cast(ops.shape(x)[0], dtype)
+        gamma = cast(self.gamma, dtype) if self.scale else ops.ones((channels,), dtype)
+        beta = cast(self.beta, dtype) if self.center else ops.zeros((channels,), dtype)
+        # A static batch size stays a Python float, so the arithmetic on it costs no ops.
+        static = x.shape[0]
+        batch_size = float(static) if static is not None else ops.cast(ops.shape(x)[0], dtype)
+        weights = None if mask is None else sample_weights(mask, x)
+        batch_mean, batch_var, count = batch_moments(x, weights)
+        feature_mean, feature_var = moments(x, -1)
 
         if training and self.trainable:
-            feature_weight, batch_weight = self._mixing_weights(batch_size, channels)
-            outputs, *statistics = normalize_for_training(
-                x, gamma, beta, feature_weight, batch_weight, self.epsilon
+            feature_weight, batch_weight = mixing_weights(batch_size, channels, self.delta)
+            statistics = (batch_mean, batch_var, feature_mean, feature_var)
+            outputs = normalize_for_training(
+                x,
+                gamma,
+                beta,
+                statistics,
+                weights,
+                count,
+                (feature_weight, batch_weight),
+                self.epsilon,
             )
-            self._update_population(*statistics, batch_size)
-            return ops.cast(outputs, input_dtype)
-
-        batch_mean, batch_var = ops.moments(x, axes=[0])
-        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
+            self._update_population(statistics, weights, count, batch_size, dtype)
+            return cast(outputs, self.compute_dtype)
 
         def pick(flag, population, current):
-            return ops.where(self._flag_variables[flag] > 0.5, ops.cast(population, dtype), current)
+            return ops.where(self._flag_variables[flag] > 0.5, cast(population, dtype), current)
 
         batch_mean = pick("batch_moving_mean", self.moving_batch_mean, batch_mean)
         batch_var = pick("batch_moving_var", self.moving_batch_variance, batch_var)
         feature_mean = pick("feature_moving_mean", self.moving_feature_mean, feature_mean)
         feature_var = pick("feature_moving_var", self.moving_feature_variance, feature_var)
-        trained_size = ops.cast(self.training_batch_size, dtype)
-        feature_weight, batch_weight = self._mixing_weights(
-            ops.where(trained_size > 0, trained_size, batch_size), channels
+        trained_size = cast(self.training_batch_size, dtype)
+        feature_weight, batch_weight = mixing_weights(
+            ops.where(trained_size > 0, trained_size, batch_size), channels, self.delta
         )
         feature_scale = feature_weight * ops.rsqrt(feature_var + self.epsilon)
         batch_scale = batch_weight * ops.rsqrt(batch_var + self.epsilon)
@@ -261,41 +305,35 @@ class BatchLayerNormalization(keras.layers.Layer):
         # term b * mu_B folded into the offset before it meets the full tensor.
         offset = beta - gamma * batch_mean * batch_scale
         outputs = gamma * ((x - feature_mean) * feature_scale + x * batch_scale) + offset
-        return ops.cast(outputs, input_dtype)
+        return cast(outputs, self.compute_dtype)
 
-    def _mixing_weights(self, batch_size, channels):
-        """`(1/m - delta) / sqrt(C)` and `(1 - 1/m - delta) / sqrt(C)`."""
-        inv_sqrt_c = 1.0 / float(channels) ** 0.5
-        return (
-            (1.0 / batch_size - self.delta) * inv_sqrt_c,
-            (1.0 - 1.0 / batch_size - self.delta) * inv_sqrt_c,
-        )
-
-    def _update_population(
-        self, batch_mean, batch_var, mean_feature_mean, mean_feature_var, batch_size
-    ):
-        steps = ops.cast(self.moving_steps, batch_size.dtype)
+    def _update_population(self, statistics, weights, count, batch_size, dtype):
+        """Folds one step into the population; a position with no kept sample is skipped."""
+        *values, count = step_statistics(*statistics, weights, count, batch_size)
+        position_steps = cast(self.moving_position_steps, dtype)
+        seen = 1.0 if weights is None else ops.cast(count > 0, dtype)
         if self.momentum is None:
-            rate = 1.0 / (steps + 1.0)
+            rate = seen / (position_steps + 1.0)
         else:
-            rate = ops.cast(1.0 - self.momentum, batch_size.dtype)
-        bessel = ops.where(batch_size > 1.0, batch_size / ops.maximum(batch_size - 1.0, 1.0), 1.0)
-        updates = (
-            (self.moving_batch_mean, batch_mean),
-            (self.moving_batch_variance, batch_var * bessel),
-            (self.moving_feature_mean, mean_feature_mean),
-            (self.moving_feature_variance, mean_feature_var),
+            rate = seen * (1.0 - self.momentum)
+        population = (
+            self.moving_batch_mean,
+            self.moving_batch_variance,
+            self.moving_feature_mean,
+            self.moving_feature_variance,
         )
-        for variable, value in updates:
-            current = ops.cast(variable, value.dtype)
-            variable.assign(ops.cast(current + rate * (value - current), variable.dtype))
+        for variable, value in zip(population, values):
+            current = cast(variable, dtype)
+            variable.assign(cast(current + rate * (value - current), variable.dtype))
+        steps = cast(self.moving_steps, dtype)
         largest = ops.where(
-            steps > 0,
-            ops.maximum(ops.cast(self.training_batch_size, steps.dtype), batch_size),
-            batch_size,
+            steps > 0, ops.maximum(cast(self.training_batch_size, dtype), batch_size), batch_size
         )
-        self.training_batch_size.assign(ops.cast(largest, self.training_batch_size.dtype))
-        self.moving_steps.assign(ops.cast(steps + 1.0, self.moving_steps.dtype))
+        self.training_batch_size.assign(cast(largest, self.training_batch_size.dtype))
+        self.moving_steps.assign(cast(steps + 1.0, self.moving_steps.dtype))
+        self.moving_position_steps.assign(
+            cast(position_steps + seen, self.moving_position_steps.dtype)
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -319,55 +357,3 @@ class BatchLayerNormalization(keras.layers.Layer):
             }
         )
         return config
-
-
-class ResetPopulationStatistics(keras.callbacks.Callback):
-    """Restarts every BLN layer's population averages at the start of each epoch.
-
-    This is the published behaviour: after `fit`, the population statistics are
-    the averages over the last epoch's steps. It counts steps as they happen, so
-    it works with any `steps_per_epoch`, partial last batches and datasets of
-    unknown length.
-
-    Example:
-
-    ```python
-    model.fit(x, y, epochs=5, callbacks=[bln_search.ResetPopulationStatistics()])
-    ```
-    """
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for layer in find_bln_layers(self.model):
-            layer.reset_population_statistics()
-
-
-def find_bln_layers(model) -> list[BatchLayerNormalization]:
-    """Every `BatchLayerNormalization` in `model`, nested models and layers included."""
-    if isinstance(model, BatchLayerNormalization):
-        return [model]
-    return [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, BatchLayerNormalization)
-    ]
-
-
-def configure(
-    model, config: StatisticsConfig | Mapping[str, bool]
-) -> list[BatchLayerNormalization]:
-    """Sets the four inference flags on every BLN layer of `model`; returns those layers.
-
-    `config` is a `StatisticsConfig` or a mapping with exactly the four flags (as
-    `bln_search.load_config` returns). Takes effect on the next `predict` or
-    `evaluate`, without rebuilding or recompiling.
-    """
-    config = StatisticsConfig.from_mapping(config)
-    layers = find_bln_layers(model)
-    if not layers:
-        raise ValueError(
-            f"model {getattr(model, 'name', model)!r} contains no BatchLayerNormalization layer"
-        )
-    for layer in layers:
-        for name, value in config.as_dict().items():
-            setattr(layer, name, value)
-    return layers

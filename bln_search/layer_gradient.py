@@ -1,23 +1,113 @@
-"""BLN's training pass with a closed-form gradient (the layer's hot path)."""
+"""BLN's arithmetic: moments (masked or not), mixing weights, one step's population
+statistics, and the training pass with a closed-form gradient."""
 
+import keras
 from keras import ops
 
 
-def normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon):
+def cast(value, dtype):
+    """`ops.cast` only where the dtype differs: on eager PyTorch every op has a cost."""
+    if keras.backend.standardize_dtype(value.dtype) == dtype:
+        return value.value if isinstance(value, keras.Variable) else value
+    return ops.cast(value, dtype)
+
+
+def sample_weights(mask, x):
+    """A Keras mask of shape `x.shape[:-1]` as 0/1 weights of shape `(m, d1, ..., dk, 1)`."""
+    if len(mask.shape) != len(x.shape) - 1:
+        raise ValueError(
+            "The mask must have one dimension less than the inputs. "
+            f"Received: mask.shape={mask.shape}, inputs.shape={x.shape}"
+        )
+    weights = ops.cast(ops.expand_dims(mask, -1), x.dtype)
+    return ops.broadcast_to(weights, tuple(ops.shape(x)[:-1]) + (1,))
+
+
+def moments(x, axis):
+    """Mean and biased variance over `axis` (kept), in two passes on every backend.
+
+    `keras.ops.moments` on PyTorch uses `E[x^2] - E[x]^2`, which loses digits to
+    cancellation when the mean is large against the spread; TensorFlow and JAX
+    subtract the mean first, as this does.
+    """
+    mean = ops.mean(x, axis=axis, keepdims=True)
+    return mean, ops.mean(ops.square(x - mean), axis=axis, keepdims=True)
+
+
+def batch_moments(x, weights=None):
+    """Per position: mean and biased variance over axis 0, and the number of samples.
+
+    With `weights` (0/1, from `sample_weights`) only the kept samples count; a
+    position with none gets mean 0 and variance 0. Returns `(mean, var, count)`
+    with `count` of shape `(d1, ..., dk, 1)`, or `None` without weights.
+    """
+    if weights is None:
+        mean = ops.mean(x, axis=0)
+        return mean, ops.mean(ops.square(x - mean), axis=0), None
+    count = ops.sum(weights, axis=0)
+    divisor = ops.maximum(count, 1.0)
+    mean = ops.sum(weights * x, axis=0) / divisor
+    var = ops.sum(weights * ops.square(x - mean), axis=0) / divisor
+    return mean, var, count
+
+
+def mixing_weights(batch_size, channels, delta):
+    """`(1/m - delta) / sqrt(C)` and `(1 - 1/m - delta) / sqrt(C)`."""
+    inv_sqrt_c = 1.0 / float(channels) ** 0.5
+    return (1.0 / batch_size - delta) * inv_sqrt_c, (1.0 - 1.0 / batch_size - delta) * inv_sqrt_c
+
+
+def step_statistics(batch_mean, batch_var, feature_mean, feature_var, weights, count, m):
+    """One training step's statistics for the population, and the kept samples per position.
+
+    The batch variance gets Bessel's correction `n / (n - 1)` with `n` the kept
+    samples at each position (none when `n <= 1`); the feature moments are averaged
+    over the kept samples. Without `weights` every position keeps all `m` samples
+    (`m` a Python float where the batch size is static, a scalar tensor otherwise).
+    """
+    if weights is None:
+        count = m
+        mean_feature_mean = ops.mean(feature_mean, axis=0)
+        mean_feature_var = ops.mean(feature_var, axis=0)
+    else:
+        divisor = ops.maximum(count, 1.0)
+        mean_feature_mean = ops.sum(weights * feature_mean, axis=0) / divisor
+        mean_feature_var = ops.sum(weights * feature_var, axis=0) / divisor
+    if isinstance(count, float):  # a static batch size: Python arithmetic, no ops
+        bessel = count / (count - 1.0) if count > 1.0 else 1.0
+    else:
+        bessel = ops.where(count > 1.0, count / ops.maximum(count - 1.0, 1.0), 1.0)
+    return batch_mean, batch_var * bessel, mean_feature_mean, mean_feature_var, count
+
+
+def normalize_for_training(x, gamma, beta, moments, weights, count, mixing, epsilon):
     """BLN's training forward pass with a hand-written backward pass.
+
+    `moments` are `(batch_mean, batch_var, feature_mean, feature_var)` of `x` (and
+    `count` the kept samples per position, with `weights`), computed beside this
+    function (they feed the population statistics too); the
+    custom gradient covers the output only, so every backend's `custom_gradient`
+    (TensorFlow, JAX, PyTorch) sees one output and one upstream gradient. Its
+    backward is the total derivative with respect to `x`, the moments' dependence
+    on `x` included. With `weights`, masked samples are left out of the batch
+    moments (`d mean / d x_j = w_j / n`), and the formula reduces to the unmasked
+    one when every weight is 1.
 
     Autodiff of the two normalizations builds about twice the graph a single
     BatchNormalization does; the closed-form gradient below (the usual
     normalization backward, once per axis) makes training about 25 % faster.
-    Returns the output and the step's statistics for the population averages:
-    batch mean and variance, and the batch-averaged feature mean and variance.
     """
     reduce_axes = list(range(len(x.shape) - 1))
+    feature_weight, batch_weight = mixing
+    batch_mean, batch_var, feature_mean, feature_var = (ops.stop_gradient(v) for v in moments)
+
+    def batch_average(value):
+        if weights is None:
+            return ops.mean(value, axis=0)
+        return weights * (ops.sum(value, axis=0) / ops.maximum(count, 1.0))
 
     @ops.custom_gradient
     def forward(x, gamma, beta):
-        batch_mean, batch_var = ops.moments(x, axes=[0])
-        feature_mean, feature_var = ops.moments(x, axes=[-1], keepdims=True)
         batch_rstd = ops.rsqrt(batch_var + epsilon)
         feature_rstd = ops.rsqrt(feature_var + epsilon)
         x_batch = (x - batch_mean) * batch_rstd
@@ -26,11 +116,10 @@ def normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon
         outputs = gamma * x_hat + beta
 
         def backward(*args, upstream=None):
-            grads = args if upstream is None else upstream
-            grad = grads[0] if isinstance(grads, (tuple, list)) else grads
+            grad = upstream if upstream is not None else args[0]
             g = grad * gamma
             grad_batch = (batch_weight * batch_rstd) * (
-                g - ops.mean(g, axis=0) - x_batch * ops.mean(g * x_batch, axis=0)
+                g - batch_average(g) - x_batch * batch_average(g * x_batch)
             )
             grad_feature = (feature_weight * feature_rstd) * (
                 g
@@ -43,12 +132,6 @@ def normalize_for_training(x, gamma, beta, feature_weight, batch_weight, epsilon
                 ops.sum(grad, axis=reduce_axes),
             )
 
-        statistics = (
-            batch_mean,
-            batch_var,
-            ops.mean(feature_mean, axis=0),
-            ops.mean(feature_var, axis=0),
-        )
-        return (outputs, *statistics), backward
+        return outputs, backward
 
     return forward(x, gamma, beta)

@@ -112,7 +112,7 @@ def build_model(factory: Callable[..., Any], trial=None, name: str = "model fact
     a compiled Keras model with BLN layers."""
     import keras
 
-    from bln_search.layer import find_bln_layers
+    from bln_search.layer_tools import find_bln_layers
 
     model = (
         call_user(factory, name, trial=trial) if takes_trial(factory) else call_user(factory, name)

@@ -46,7 +46,7 @@ def train(
     (fine-tuning, or the rest of a training). Returns `(model, validation
     metrics dict, best epoch)`; the metrics are measured under `config`.
     """
-    from bln_search.layer import ResetPopulationStatistics, configure
+    from bln_search.layer_tools import ResetPopulationStatistics, configure
 
     if keep not in ("best", "last"):
         raise UsageError(f"`keep` must be 'best' or 'last', got {keep!r}")

@@ -15,6 +15,7 @@ from bln_search import (
     find_bln_layers,
 )
 from bln_search.config import FLAG_NAMES, all_configurations
+from tests.backends import gradients
 from tests.reference import ReferenceBLN
 
 ATOL = 1e-4
@@ -176,7 +177,7 @@ class KerasHarnessTest(testing.TestCase):
                     input_shape=input_shape,
                     expected_output_shape=input_shape,
                     expected_num_trainable_weights=2,
-                    expected_num_non_trainable_weights=10,
+                    expected_num_non_trainable_weights=11,
                     expected_num_seed_generators=0,
                     expected_num_losses=0,
                     supports_masking=True,
@@ -189,7 +190,7 @@ class KerasHarnessTest(testing.TestCase):
             input_shape=(2, 3, 4),
             expected_output_shape=(2, 3, 4),
             expected_num_trainable_weights=0,
-            expected_num_non_trainable_weights=10,
+            expected_num_non_trainable_weights=11,
         )
 
 
@@ -308,6 +309,7 @@ def test_callback_works_with_steps_per_epoch_and_a_dataset():
     assert max_error(layer.moving_batch_mean, reference.population()[0]) <= ATOL
 
 
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch runs eagerly: no trace")
 def test_switching_flags_after_fit_changes_evaluate_without_retracing(monkeypatch):
     rng = np.random.default_rng(11)
     model = dense_model()
@@ -345,6 +347,9 @@ def test_switching_flags_after_fit_changes_evaluate_without_retracing(monkeypatc
     assert again == pytest.approx(losses[all_configurations()[0]], abs=1e-6)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch", reason="jit_compile on torch is torch.compile (minutes)"
+)
 def test_jit_compile_matches_eager():
     rng = np.random.default_rng(12)
     x = batch(rng, 24, (4, 3))
@@ -440,38 +445,251 @@ def test_small_cnn_and_gru_learn_with_bln(study_name):
     assert model.evaluate(xv, yv, verbose=0, return_dict=True)["accuracy"] > 0.8
 
 
+def plain_formula(x, gamma, beta, weights=None):
+    """The spec's training output in `keras.ops`, left to the backend's autodiff."""
+    ops = keras.ops
+    m, c = x.shape[0], x.shape[-1]
+    w = ops.ones(x.shape[:-1] + (1,)) if weights is None else ops.convert_to_tensor(weights)
+    n = ops.maximum(ops.sum(w, axis=0), 1.0)
+    mu_b = ops.sum(w * x, axis=0) / n
+    var_b = ops.sum(w * (x - mu_b) ** 2, axis=0) / n
+    mu_f = ops.mean(x, axis=-1, keepdims=True)
+    var_f = ops.mean((x - mu_f) ** 2, axis=-1, keepdims=True)
+    x_hat = (
+        (1 / m - 1e-4) * (x - mu_f) / ops.sqrt(var_f + 1e-3)
+        + (1 - 1 / m - 1e-4) * (x - mu_b) / ops.sqrt(var_b + 1e-3)
+    ) / np.sqrt(c)
+    return gamma * x_hat + beta
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 @pytest.mark.parametrize("rank", SHAPES)
 @pytest.mark.parametrize("m", [1, 2, 7])
-def test_hand_written_gradient_matches_autodiff_of_the_formula(rank, m):
-    """The training pass's custom backward against TF autodiff of the plain spec formula."""
-    import tensorflow as tf
-
+def test_hand_written_gradient_matches_autodiff_of_the_formula(rank, m, masked):
+    """The training pass's custom backward against the backend's autodiff of the spec formula."""
     rng = np.random.default_rng(14)
     inner = SHAPES[rank]
     layer, _ = random_layer(inner, rng)
-    x = tf.constant(batch(rng, m, inner))
-    weights = tf.constant(rng.normal(size=(m, *inner)).astype("float32"))
+    x = batch(rng, m, inner)
+    upstream = keras.ops.convert_to_tensor(rng.normal(size=(m, *inner)).astype("float32"))
+    mask = ragged_mask(rng, m, inner) if masked else None
+    weights = None if mask is None else mask[..., None].astype("float32")
+    state = [v.value for v in layer.non_trainable_variables]
 
-    def plain(x, gamma, beta):
-        c = x.shape[-1]
-        mu_b = tf.reduce_mean(x, 0, keepdims=True)
-        var_b = tf.reduce_mean((x - mu_b) ** 2, 0, keepdims=True)
-        mu_f = tf.reduce_mean(x, -1, keepdims=True)
-        var_f = tf.reduce_mean((x - mu_f) ** 2, -1, keepdims=True)
-        x_hat = (
-            (1 / m - 1e-4) * (x - mu_f) / tf.sqrt(var_f + 1e-3)
-            + (1 - 1 / m - 1e-4) * (x - mu_b) / tf.sqrt(var_b + 1e-3)
-        ) / np.sqrt(c)
-        return gamma * x_hat + beta
+    def ours(x, gamma, beta):
+        kwargs = {} if mask is None else {"mask": keras.ops.convert_to_tensor(mask)}
+        out, _ = layer.stateless_call([gamma, beta], state, x, training=True, **kwargs)
+        return keras.ops.sum(out * upstream)
 
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        ours = tf.reduce_sum(layer(x, training=True) * weights)
-        theirs = tf.reduce_sum(plain(x, layer.gamma, layer.beta) * weights)
-    for a, b in zip(
-        tape.gradient(ours, [x, layer.gamma, layer.beta]),
-        tape.gradient(theirs, [x, layer.gamma, layer.beta]),
-    ):
-        np.testing.assert_allclose(
-            a.numpy(), b.numpy(), atol=1e-4 * max(1.0, float(tf.reduce_max(tf.abs(b))))
-        )
+    def theirs(x, gamma, beta):
+        return keras.ops.sum(plain_formula(x, gamma, beta, weights) * upstream)
+
+    arrays = (x, keras.ops.convert_to_numpy(layer.gamma), keras.ops.convert_to_numpy(layer.beta))
+    for a, b in zip(gradients(ours, *arrays), gradients(theirs, *arrays)):
+        np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(np.max(np.abs(b)))))
+
+
+# Masks: a Keras mask has the input's shape without the feature axis (True = keep).
+
+
+def ragged_mask(rng, m, inner):
+    """Ragged keep-masks; with two or more positions, the last one is masked in every sample."""
+    mask = rng.uniform(size=(m, *inner[:-1])) < 0.6
+    mask[0] = True  # every position but the last keeps a sample
+    if inner[:-1]:
+        mask[(slice(None),) + (-1,) * len(inner[:-1])] = False
+    return mask
+
+
+@pytest.mark.parametrize("momentum", [None, 0.9])
+@pytest.mark.parametrize("rank", SHAPES)
+def test_masked_training_matches_reference(rank, momentum):
+    rng = np.random.default_rng(15)
+    inner = SHAPES[rank]
+    layer, reference = random_layer(inner, rng, momentum=momentum)
+    for step, m in enumerate((7, 5, 1, 7)):
+        x = batch(rng, m, inner)
+        mask = ragged_mask(rng, m, inner) if step != 1 else None
+        out = layer(x, training=True, mask=mask)
+        assert max_error(out, reference.train(x, mask)) <= ATOL
+        if step == 2:
+            layer.reset_population_statistics()
+            reference.reset()
+    mu_b, var_b, mu_f, var_f, m = reference.population()
+    assert max_error(layer.moving_batch_mean, mu_b) <= ATOL
+    assert max_error(layer.moving_batch_variance, var_b) <= ATOL
+    assert max_error(layer.moving_feature_mean, mu_f) <= ATOL
+    assert max_error(layer.moving_feature_variance, var_f) <= ATOL
+    assert float(layer.training_batch_size) == m == 7  # masked samples count in the mixing weight
+
+
+@pytest.mark.parametrize("rank", SHAPES)
+def test_masked_inference_matches_reference_in_all_16_configurations(rank):
+    rng = np.random.default_rng(16)
+    inner = SHAPES[rank]
+    layer, reference = random_layer(inner, rng)
+    for m in (6, 6, 4):
+        x, mask = batch(rng, m, inner), ragged_mask(rng, m, inner)
+        layer(x, training=True, mask=mask)
+        reference.train(x, mask)
+    for config in all_configurations():
+        configure(layer, config)
+        flags = tuple(config.as_dict()[name] for name in FLAG_NAMES)
+        for size in (6, 3):
+            x, mask = batch(rng, size, inner, scale=2.0, shift=-0.5), ragged_mask(rng, size, inner)
+            expected = reference.infer(x, flags, mask)
+            assert max_error(layer(x, training=False, mask=mask), expected) <= ATOL
+
+
+def test_a_masked_time_step_does_not_change_the_statistics():
+    rng = np.random.default_rng(17)
+    x = batch(rng, 6, (4, 5))
+    mask = np.ones((6, 4), bool)
+    mask[2, 1] = mask[4, 3] = False
+    changed = x.copy()
+    changed[2, 1] += 100.0
+    changed[4, 3] = -50.0
+    outputs, states = [], []
+    for data in (x, changed):
+        layer, _ = random_layer((4, 5), np.random.default_rng(0))
+        outputs.append(keras.ops.convert_to_numpy(layer(data, training=True, mask=mask)))
+        states.append([keras.ops.convert_to_numpy(v) for v in layer.non_trainable_variables])
+    np.testing.assert_allclose(outputs[0][mask], outputs[1][mask], atol=1e-5)
+    for a, b in zip(*states):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_masked_lstm_learns_and_padding_never_reaches_the_statistics():
+    rng = np.random.default_rng(18)
+    lengths = rng.integers(2, 7, 64)
+    lengths[::16] = 6  # every batch of 16 (unshuffled) reaches position 6
+    tokens = np.zeros((64, 8), "int32")  # positions 7 and 8 are padding in every sample
+    for row, length in enumerate(lengths):
+        tokens[row, :length] = rng.integers(1, 20, length)
+    y = (lengths > 4).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8,), dtype="int32"),
+            keras.layers.Embedding(20, 6, mask_zero=True),
+            BatchLayerNormalization(name="bln"),
+            keras.layers.LSTM(8),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.compile(keras.optimizers.Adam(0.02), "binary_crossentropy")
+    history = model.fit(
+        tokens,
+        y,
+        batch_size=16,
+        epochs=6,
+        shuffle=False,
+        verbose=0,
+        callbacks=[ResetPopulationStatistics()],
+    )
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
+    layer = model.get_layer("bln")
+    steps = keras.ops.convert_to_numpy(layer.moving_position_steps)[:, 0]
+    np.testing.assert_array_equal(steps, [4, 4, 4, 4, 4, 4, 0, 0])  # 4 steps an epoch
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_batch_mean)[6:], 0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_batch_variance)[6:], 1.0)
+
+
+def test_weights_saved_before_the_per_position_counter_still_load():
+    rng = np.random.default_rng(19)
+    layer, _ = random_layer((4, 5), rng, feature_moving_var=True)
+    for _ in range(3):
+        layer(batch(rng, 6, (4, 5)), training=True)
+    old_layout = [keras.ops.convert_to_numpy(v) for v in layer.weights[:-1]]
+    assert [v.name for v in layer.weights[-1:]] == ["moving_position_steps"]
+    restored = BatchLayerNormalization(feature_moving_var=True)
+    restored.build((None, 4, 5))
+    restored.load_own_variables({str(i): value for i, value in enumerate(old_layout)})
+    for a, b in zip(layer.weights, restored.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+
+
+def test_mask_of_the_wrong_rank_is_a_clear_error():
+    layer = BatchLayerNormalization()
+    with pytest.raises(ValueError, match="one dimension less"):
+        layer(np.ones((2, 3, 4), "float32"), mask=np.ones((2, 3, 4), bool))
+
+
+# A frozen layer (trainable=False) behaves as Keras's BatchNormalization does.
+
+
+def test_frozen_layer_normalizes_in_inference_mode_and_keeps_its_state_in_fit():
+    rng = np.random.default_rng(20)
+    model = dense_model(feature_moving_mean=True)
+    x = batch(rng, 24, (5,))
+    y = x.sum(axis=1, keepdims=True)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    layer = model.get_layer("bln")
+    layer.trainable = False
+    model.compile(optimizer="sgd", loss="mse")
+    probe = batch(rng, 8, (5,), scale=2.0, shift=-1.0)
+    for config in all_configurations():
+        configure(layer, config)
+        inference = keras.ops.convert_to_numpy(layer(probe, training=False))
+        in_training = keras.ops.convert_to_numpy(layer(probe, training=True))
+        np.testing.assert_allclose(in_training, inference, atol=1e-6)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in layer.weights]
+    model.fit(x, y, batch_size=6, epochs=2, verbose=0, callbacks=[ResetPopulationStatistics()])
+    for name, value, variable in zip([v.name for v in layer.weights], before, layer.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value, err_msg=name)
+
+
+# Dtypes and flags.
+
+
+def test_output_has_the_compute_dtype_whatever_the_input_dtype():
+    rng = np.random.default_rng(21)
+    layer, reference = random_layer((5,), rng)
+    x = np.round(batch(rng, 6, (5,)) * 3)
+    out = layer(x.astype("int32"), training=True)  # integer inputs are not autocast by Keras
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    assert max_error(out, reference.train(x)) <= ATOL
+
+
+@pytest.mark.parametrize("policy", ["bfloat16", "mixed_bfloat16"])
+def test_bfloat16_is_finite_and_close_to_float32(policy):
+    rng = np.random.default_rng(22)
+    x = batch(rng, 8, (4, 6), scale=50.0)
+    layers = [BatchLayerNormalization(dtype=p) for p in (policy, "float32")]
+    for _ in range(3):
+        outs = [
+            keras.ops.convert_to_numpy(bln(x, training=True)).astype("float32") for bln in layers
+        ]
+    assert keras.backend.standardize_dtype(layers[0](x).dtype) == "bfloat16"
+    assert np.all(np.isfinite(outs[0]))
+    np.testing.assert_allclose(outs[0], outs[1], atol=0.05)  # bfloat16 keeps 8 bits
+    for config in all_configurations():
+        for layer in layers:
+            configure(layer, config)
+        infer = [keras.ops.convert_to_numpy(bln(x)).astype("float32") for bln in layers]
+        assert np.all(np.isfinite(infer[0]))
+        np.testing.assert_allclose(infer[0], infer[1], atol=0.05)
+    layer = layers[0]  # the step counters stay exact past bfloat16's 256
+    layer.moving_steps.assign(256.0)
+    layer.moving_position_steps.assign(np.full(layer.moving_position_steps.shape, 256.0))
+    layer(x, training=True)
+    assert float(layer.moving_steps) == 257
+    assert np.all(keras.ops.convert_to_numpy(layer.moving_position_steps) == 257)
+
+
+def test_reading_a_flag_never_converts_to_numpy(monkeypatch):
+    layer = BatchLayerNormalization(feature_moving_mean=True)
+    layer.build((None, 3))
+    layer.batch_moving_var = False
+
+    def no_host_sync(*args, **kwargs):
+        raise AssertionError("a flag read converted a tensor to NumPy")
+
+    monkeypatch.setattr(keras.ops, "convert_to_numpy", no_host_sync)
+    assert (layer.batch_moving_mean, layer.batch_moving_var) == (True, False)
+    assert (layer.feature_moving_mean, layer.feature_moving_var) == (True, False)
+    assert layer.statistics_config.as_dict() == {
+        name: layer.get_config()[name] for name in FLAG_NAMES
+    }
+    assert layer.get_config()["batch_moving_var"] is False

@@ -111,7 +111,7 @@ class PerTrialStrategy(Strategy):
         import keras
         from optuna_integration import KerasPruningCallback
 
-        from bln_search.layer import ResetPopulationStatistics, configure
+        from bln_search.layer_tools import ResetPopulationStatistics, configure
 
         settings = self.settings
         curve = Curve(settings.direction)

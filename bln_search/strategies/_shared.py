@@ -127,7 +127,7 @@ class SharedStrategy(Strategy):
         """Trains once and tells every job's trial its outcome; re-raises interrupts and user errors."""
         import keras
 
-        from bln_search.layer import ResetPopulationStatistics, configure
+        from bln_search.layer_tools import ResetPopulationStatistics, configure
 
         settings = self.settings
         start = time.perf_counter()
