@@ -35,7 +35,7 @@ _MPL_MARKER = {
     "other configuration": ".",
 }
 # Distinct colours and dashes for the highlighted curves (never the muted grey).
-_PALETTE = ["#1a9850", "#d73027", "#4575b4", "#f46d43", "#762a83", "#01665e", "#e08214", "#c51b7d"]
+_PALETTE = ["#000000", "#d73027", "#4575b4", "#f46d43", "#762a83", "#01665e", "#e08214", "#c51b7d"]
 _DASHES = [("solid", "-"), ("dash", "--"), ("dot", ":"), ("dashdot", "-.")]
 
 
@@ -102,7 +102,7 @@ def ranked_figure(group: pd.DataFrame, metric: str, batch_size: int):
             "automargin": True,
         },
         legend={"orientation": "h", "y": -0.15},
-        height=160 + 24 * len(table),
+        height=max(300, 160 + 24 * len(table)),
         margin={"t": 60},
     )
     return figure
@@ -163,7 +163,8 @@ def curves_figure(table: pd.DataFrame, roles: dict, metric: str, batch_size: int
             muted_shown = True
         else:
             dash = _DASHES[index % len(_DASHES)][0] if role != "winner" else "solid"
-            line = {"color": _PALETTE[index % len(_PALETTE)], "width": 3 if role == "winner" else 2}
+            colour = _COLOUR["winner"] if role == "winner" else _PALETTE[index % len(_PALETTE)]
+            line = {"color": colour, "width": 4 if role == "winner" else 2}
             line["dash"] = "dash" if role == "baseline" else dash
             extra = {}
             name = f"{candidate} ({role})"
@@ -276,7 +277,7 @@ def curves_png(table: pd.DataFrame, roles: dict, metric: str, batch_size: int, p
             table.index,
             table[candidate],
             linestyle=style,
-            color=_PALETTE[index % len(_PALETTE)],
+            color=_COLOUR["winner"] if role == "winner" else _PALETTE[index % len(_PALETTE)],
             linewidth=2.6 if role == "winner" else 1.8,
             marker=_MPL_MARKER[role],
             label=f"{candidate} ({role})",
