@@ -45,7 +45,9 @@ def to_text(frame: pd.DataFrame, fmt: str) -> str:
         records = json.loads(frame.to_json(orient="records"))
         return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
     if fmt == "markdown":
-        shown = frame.astype(object).where(frame.notna(), EMPTY)
+        shown = frame.astype(object).map(
+            lambda v: EMPTY if is_empty(v) else (f"{v:.6g}" if isinstance(v, float) else v)
+        )
         return shown.to_markdown(index=False) + "\n"
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
