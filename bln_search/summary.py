@@ -14,6 +14,9 @@ from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.results import BLN_MODEL
 from bln_search.stats import ALPHA, welch_p_value
 
+_NAMED_TIES = 5
+"""At most this many tied configurations are named in a verdict; the ranked figure shows all."""
+
 
 def flag_effects(runs: pd.DataFrame, batch_size: int, confidence: float = 0.95) -> pd.DataFrame:
     """One row per flag: the mean metric with the flag off and on, their intervals, the difference.
@@ -109,7 +112,10 @@ def verdict(
             "ahead of every other configuration beyond the seeds' noise"
         ]
     else:
-        names = ", ".join(_label(r) for _, r in ties.iterrows())
+        names = [_label(r) for _, r in ties.iterrows()]
+        if len(names) > _NAMED_TIES:  # the ranked figure lists them all
+            names = names[: _NAMED_TIES - 1] + [f"{len(names) - _NAMED_TIES + 1} more"]
+        names = ", ".join(names)
         sentences = [
             f"At batch size {batch_size}, {len(ties) + 1} configurations tie for best: "
             f"{_label(winner)} ({value}) and {names}"
