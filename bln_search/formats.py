@@ -24,22 +24,54 @@ _STATE_STYLE = {
 }
 
 
+EMPTY = "–"
+"""How an empty cell reads to people (terminal, Markdown, HTML): a baseline's flags, one seed's std."""
+
+
 def to_text(frame: pd.DataFrame, fmt: str) -> str:
-    """CSV, JSON (records) or Markdown text of a leaderboard."""
+    """CSV, JSON (records) or Markdown text of a leaderboard.
+
+    Empty cells (a baseline's flags, the std or p-value of a single seed, no
+    verdict) are an empty field in CSV, so every CSV reader sees a missing
+    value rather than a string; `null` in JSON; `–` in Markdown.
+    """
+    import json
+
+    frame = blank_empty(frame)
     if fmt == "csv":
-        return frame.to_csv(index=False)
+        return frame.to_csv(index=False, na_rep="")
     if fmt == "json":
-        return frame.to_json(orient="records", indent=2) + "\n"
+        # pandas escapes "/" ("n\/a"); read its output back and write it plainly.
+        records = json.loads(frame.to_json(orient="records"))
+        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
     if fmt == "markdown":
-        return frame.to_markdown(index=False) + "\n"
+        shown = frame.astype(object).map(
+            lambda v: EMPTY if is_empty(v) else (f"{v:.6g}" if isinstance(v, float) else v)
+        )
+        return shown.to_markdown(index=False) + "\n"
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def _cell(value, column) -> str:
+def blank_empty(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with empty strings as missing values (NaN/NA), so each format shows them one way."""
+    return frame.mask(frame.astype(object).eq(""))
+
+
+def is_empty(value) -> bool:
     import pandas as pd
 
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+    return (
+        value is None
+        or value is pd.NA
+        or value is pd.NaT
+        or value == ""
+        or (isinstance(value, float) and math.isnan(value))
+    )
+
+
+def _cell(value, column) -> str:
+    if is_empty(value):
+        return EMPTY
     if isinstance(value, float):
         return f"{value:.2f}" if column == "duration_s" else f"{value:.4f}"
     return str(value)
@@ -112,7 +144,9 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
                 cells.append(f"[{_STATE_STYLE.get(str(value), 'white')}]{value}[/]")
             elif column == "vs_winner":
                 cells.append(
-                    f"[{_VERDICT_STYLE.get(str(value), 'white')}]{value}[/]" if value else ""
+                    f"[{_VERDICT_STYLE.get(str(value), 'white')}]{value}[/]"
+                    if not is_empty(value)
+                    else EMPTY
                 )
             elif (
                 f"{column}_std" in frame.columns
@@ -121,7 +155,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
             ):
                 cells.append(f"{_cell(value, column)} ± {_cell(row[f'{column}_std'], column)}")
             elif column == "p_value":
-                cells.append("" if pd.isna(value) else f"{value:.3f}")
+                cells.append(EMPTY if is_empty(value) else f"{value:.3f}")
             else:
                 cells.append(escape(_cell(value, column)))
             if column == "rank":

@@ -19,3 +19,32 @@ def data():
 def storage(tmp_path):
     """A fresh SQLite storage URL in the test's own folder."""
     return f"sqlite:///{tmp_path / 'study.db'}"
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory):
+    """One CLI study with seeds, baselines, two batch sizes and test data.
+
+    Trained once per session: tests/test_answers.py and tests/test_report.py read it.
+    """
+    from tests.helpers import FIX, command
+
+    folder = tmp_path_factory.mktemp("answers")
+    run = command(
+        "run",
+        "--model",
+        f"{FIX}:build",
+        "--epochs",
+        "2",
+        "--seeds",
+        "2",
+        "--baselines",
+        "--batch-sizes",
+        "16,48",
+        "-q",
+        "--test",
+        "load_test",
+        cwd=folder,
+    )
+    assert run.returncode == 0, run.stderr
+    return folder, run.stderr

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +14,12 @@ import bln_search
 from bln_search.baselines import BASELINES, replace_bln
 from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.errors import BLNSearchError, UserCodeError
-from bln_search.manifest import SCHEMA_VERSION, STUDY_MANIFEST
 from bln_search.results import leaderboard, winners
 from bln_search.stats import mark_ties, welch_p_value
 from bln_search.trials import config_of
 from tests.fixtures import models
+from tests.helpers import FIX, command, synthetic_study
 
-FIX = str(Path(models.__file__).resolve())
-BIN = Path(sys.executable).parent
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
 
@@ -59,37 +53,6 @@ def test_mark_ties_separates_noise_from_real_differences():
         "clearly worse": "worse",
         "one seed": "n/a",
     }
-
-
-def synthetic_study(values: dict) -> optuna.Study:
-    """A study of complete trials with known values: {(config or baseline, batch size): [value per seed]}."""
-    study = optuna.create_study(direction="minimize")
-    study.set_user_attr("metric", "val_loss")
-    study.set_user_attr(
-        STUDY_MANIFEST, {"schema": SCHEMA_VERSION, "metric": "val_loss", "direction": "minimize"}
-    )
-    distributions = {
-        name: optuna.distributions.CategoricalDistribution([False, True]) for name in FLAG_NAMES
-    }
-    for (candidate, batch_size), per_seed in values.items():
-        for seed, value in enumerate(per_seed):
-            attrs = {"seed": seed, "batch_size": batch_size, "history": [value + 0.1, value]}
-            if isinstance(candidate, str):
-                study.add_trial(
-                    optuna.trial.create_trial(
-                        value=value, user_attrs={**attrs, "baseline": candidate}
-                    )
-                )
-            else:
-                study.add_trial(
-                    optuna.trial.create_trial(
-                        value=value,
-                        params=candidate.as_dict(),
-                        distributions=distributions,
-                        user_attrs=attrs,
-                    )
-                )
-    return study
 
 
 def test_the_leaderboard_marks_ties_with_the_winner_per_batch_size():
@@ -239,43 +202,6 @@ def test_several_seeds_or_batch_sizes_need_the_grid(data, storage):
 # -- the command line: test data, batch sizes, report ---------------------------------------
 
 
-def command(*args, cwd):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("BLN_SEARCH_STORAGE", None)
-    return subprocess.run(
-        [str(BIN / "bln-search"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """One CLI study with seeds, baselines, two batch sizes and test data, shared by the tests below."""
-    folder = tmp_path_factory.mktemp("answers")
-    run = command(
-        "run",
-        "--model",
-        f"{FIX}:build",
-        "--epochs",
-        "2",
-        "--seeds",
-        "2",
-        "--baselines",
-        "--batch-sizes",
-        "16,48",
-        "-q",
-        "--test",
-        "load_test",
-        cwd=folder,
-    )
-    assert run.returncode == 0, run.stderr
-    return folder, run.stderr
-
-
 @pytest.mark.slow
 def test_test_data_is_reported_for_the_winners_and_never_chooses(searched):
     folder, stderr = searched
@@ -314,56 +240,6 @@ def test_bad_batch_sizes_and_test_data_are_one_line_errors(tmp_path):
     assert not (tmp_path / "bln-search.db").exists() or not optuna.get_all_study_summaries(
         f"sqlite:///{tmp_path / 'bln-search.db'}"
     )
-
-
-def chromium() -> str | None:
-    return (
-        shutil.which("chromium")
-        or shutil.which("chromium-browser")
-        or shutil.which("google-chrome")
-    )
-
-
-@pytest.mark.slow
-def test_the_report_renders_its_figures_in_headless_chromium_without_script_errors(searched):
-    folder, _ = searched
-    result = command("report", "-o", "report.html", "--png", cwd=folder)
-    assert result.returncode == 0, result.stderr
-    page = (folder / "report.html").read_text()
-    assert "Winners by batch size" in page and page.count("Batch size ") >= 2
-    pngs = sorted(p.name for p in folder.glob("report-*.png"))
-    assert pngs == [
-        "report-curves-bs16.png",
-        "report-curves-bs48.png",
-        "report-importance-bs16.png",
-        "report-importance-bs48.png",
-    ]
-    assert all((folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
-    browser = chromium()
-    if browser is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but no chromium: .ci/run must install Debian's chromium")
-        pytest.skip("no chromium to render the report (apt-get install chromium; CI does)")
-    dom = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=20000",
-            "--dump-dom",
-            (folder / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    ).stdout
-    assert (
-        '<pre id="script-errors" style="display:none"></pre>' in dom
-    )  # no script error was recorded
-    # Two batch sizes x (curves + importance) = 4 figures, each drawn as SVG by plotly.
-    assert 'data-figures-rendered="4"' in dom
-    assert dom.count('class="main-svg"') >= 4
 
 
 @pytest.mark.slow

@@ -143,7 +143,7 @@ def report(
         ),
     ] = False,
 ):
-    """Validation curves, the flags' importance and the per-batch-size winners, as HTML (and PNG)."""
+    """Verdicts, ranked intervals, flag effects, curves and leaderboards per batch size, as HTML (and PNG)."""
     output_path(output)
     quiet_libraries()
     from bln_search.report import write_html, write_pngs
