@@ -145,7 +145,8 @@ def open_storage(
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if path is not None and path.is_file() and path.stat().st_size:
-            _refuse_foreign(_sqlite_tables(path), url, to_write=True)  # not beside other tables
+            # Read-write: a killed writer's hot journal is rolled back, as any writer's open does.
+            _refuse_foreign(_sqlite_tables(path, writable=True), url, to_write=True)
         engine_kwargs["connect_args"] = {"timeout": sqlite_wait(url)}
     elif url.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
@@ -195,18 +196,26 @@ def sqlite_wait(url: str) -> float:
         raise StorageError(f"?timeout= must be a number of seconds in {display_url(url)}") from None
 
 
-def _sqlite_tables(path: Path) -> set[str]:
-    """The tables of an SQLite file, read without writing anything to it."""
+def _sqlite_tables(path: Path, writable: bool = False) -> set[str]:
+    """The tables of an SQLite file, read without writing anything to it (unless `writable`:
+    then SQLite may roll back the journal of a process killed mid-write, as it must)."""
     import sqlite3
 
+    journal = path.with_name(path.name + "-journal")
     try:
-        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        mode = "" if writable else "?mode=ro"
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}{mode}", uri=True)
         try:
             rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             return {name for (name,) in rows}
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:
+        if not writable and journal.is_file() and journal.stat().st_size:
+            raise StorageError(
+                f"{path} holds an unfinished write of a process that was killed: the next "
+                "`bln-search run` on it recovers it (reading commands never write)"
+            ) from None
         raise storage_fault(error, f"sqlite:///{path}") or StorageError(
             f"cannot read {path}: {first_line(error)}"
         ) from None

@@ -23,7 +23,9 @@ BIN = Path(sys.executable).parent
 COMPLETE = optuna.trial.TrialState.COMPLETE
 RUNNING = optuna.trial.TrialState.RUNNING
 FAIL = optuna.trial.TrialState.FAIL
-STUDY = "models-build"
+# A model that pauses in every batch: a run is long enough to signal, and its re-run (which
+# must repeat the epochs: a study refuses others) is still short.
+STUDY = "models-build_slow"
 
 needs_proc = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)"
@@ -58,7 +60,7 @@ def alive(pid: int) -> bool:
 def start_run(cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("BLN_SEARCH_STORAGE", None)
-    command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:build", "-q", *args]
+    command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:build_slow", "-q", *args]
     return subprocess.Popen(
         command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -98,13 +100,13 @@ def finished(study) -> dict:
 
 CASES = {
     # signal, strategy options, how many trials must have finished when it arrives
-    "sigterm-per-trial": (signal.SIGTERM, ["--strategy", "per-trial", "--epochs", "20"], 1),
+    "sigterm-per-trial": (signal.SIGTERM, ["--strategy", "per-trial", "--epochs", "4"], 1),
     "sigterm-shared": (
         signal.SIGTERM,
-        ["--strategy", "shared", "--epochs", "20", "--configs-per-training", "8"],
+        ["--strategy", "shared", "--epochs", "4", "--configs-per-training", "8"],
         8,
     ),
-    "sighup-shared": (signal.SIGHUP, ["--strategy", "shared", "--epochs", "400"], 0),
+    "sighup-shared": (signal.SIGHUP, ["--strategy", "shared", "--epochs", "40"], 0),
 }
 
 
@@ -132,7 +134,7 @@ def test_a_signal_mid_epoch_stops_like_ctrl_c_and_a_rerun_completes(tmp_path, ca
     assert len(before) >= done
     if signum == signal.SIGHUP:
         return  # the same path as SIGTERM from here on
-    rerun = start_run(tmp_path, *args[:2], "--epochs", "1", "--pruner", "none")
+    rerun = start_run(tmp_path, *args, "--pruner", "none")
     assert rerun.wait(timeout=300) == 0, rerun.communicate()[1]
     study = load(tmp_path)
     complete = study.get_trials(states=(COMPLETE,))
@@ -149,7 +151,7 @@ def _both_workers_training(trials) -> bool:
 @pytest.mark.slow
 @needs_proc
 def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
-    process = start_run(tmp_path, "--workers", "2", "--epochs", "400", "--pruner", "none")
+    process = start_run(tmp_path, "--workers", "2", "--epochs", "4", "--pruner", "none")
     wait_until(tmp_path, process, _both_workers_training)
     workers = children_of(process.pid)
     assert workers
@@ -161,7 +163,7 @@ def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
     study = load(tmp_path)
     assert not study.get_trials(states=(RUNNING,))
     assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) == 2
-    rerun = start_run(tmp_path, "--workers", "2", "--epochs", "1", "--pruner", "none")
+    rerun = start_run(tmp_path, "--workers", "2", "--epochs", "4", "--pruner", "none")
     assert rerun.wait(timeout=300) == 0, rerun.communicate()[1]
     complete = load(tmp_path).get_trials(states=(COMPLETE,))
     assert len({config_of(t) for t in complete}) == len(complete) == 16
@@ -170,7 +172,7 @@ def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
 @pytest.mark.slow
 @needs_proc
 def test_workers_die_with_a_killed_parent_and_leave_nothing_running(tmp_path):
-    process = start_run(tmp_path, "--workers", "2", "--epochs", "400", "--pruner", "none")
+    process = start_run(tmp_path, "--workers", "2", "--epochs", "40", "--pruner", "none")
     wait_until(tmp_path, process, _both_workers_training)
     workers = children_of(process.pid)
     assert workers

@@ -318,3 +318,39 @@ def test_mask_url_parses_urls_with_sqlalchemy():
         "x postgresql://u@h/d?password=***&sslmode=require y"
     )
     assert mask_url("sqlite:///a/b.db") == "sqlite:///a/b.db"
+
+
+def test_a_writer_killed_mid_write_leaves_a_storage_the_next_run_recovers(tmp_path):
+    """SIGKILL during a write leaves a hot journal: a writer rolls it back, a reader says so."""
+    import sys
+
+    path = tmp_path / "killed.db"
+    url = f"sqlite:///{path}"
+    bln_search.search(
+        models.build,
+        bln_search.check_data(models.load_data()),
+        study_name="s",
+        storage=url,
+        epochs=1,
+        sampler=optuna.samplers.RandomSampler(0),
+        n_trials=1,
+    )
+    writer = (  # a tiny page cache spills the transaction's pages into the file before the kill
+        "import os, signal, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "c.execute('PRAGMA cache_size=2'); c.execute('BEGIN IMMEDIATE'); "
+        "c.execute('CREATE TABLE junk(x)'); "
+        "c.executemany('INSERT INTO junk VALUES (?)', [('y' * 1000,)] * 2000); "
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(path)], check=False)
+    assert (tmp_path / "killed.db-journal").stat().st_size > 0  # a hot journal, really
+    result = CliRunner().invoke(app, ["leaderboard", "--storage", url, "--study", "s"])
+    assert result.exit_code == 1 and "unfinished write" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    from bln_search.storage import open_storage
+
+    storage = open_storage(url)  # before: "read-only", though only a journal needed rolling back
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage, False)] == ["s"]
+    assert not (tmp_path / "killed.db-journal").exists()
+    result = CliRunner().invoke(app, ["leaderboard", "--storage", url, "--study", "s"])
+    assert result.exit_code == 0, result.output

@@ -47,14 +47,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def start_worker(storage: str, study: str, *args: str, cwd: Path) -> subprocess.Popen:
+def start_worker(
+    storage: str, study: str, *args: str, cwd: Path, model: str = "build"
+) -> subprocess.Popen:
     """A `bln-search run` process; the storage URL goes in the environment, as for real users."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BLN_SEARCH_STORAGE": storage}
     command = [
         str(BIN / "bln-search"),
         "run",
         "--model",
-        f"{FIX}:build",
+        f"{FIX}:{model}",
         "--study",
         study,
         "-q",
@@ -136,7 +138,9 @@ def test_three_workers_started_at_different_times_run_every_configuration_exactl
 
 def test_the_workers_option_splits_a_shared_grid(postgres_url, tmp_path):
     name = unique("pool")
-    process = start_worker(postgres_url, name, "--workers", "3", "--epochs", "40", cwd=tmp_path)
+    process = start_worker(
+        postgres_url, name, "--workers", "3", "--epochs", "40", "--pruner", "none", cwd=tmp_path
+    )
     err = finish(process)
     study = optuna.load_study(study_name=name, storage=postgres_url)
     complete = assert_each_configuration_complete_once(study)
@@ -156,7 +160,7 @@ def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(
         "--strategy",
         strategy,
         "--epochs",
-        "30" if strategy == "per-trial" else "400",
+        "30" if strategy == "per-trial" else "6",
         "--pruner",
         "none",
         "--heartbeat",
@@ -167,7 +171,9 @@ def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(
             "--configs-per-training",
             "8",
         ]  # two trainings: kill the second, the first must survive
-    victim = start_worker(postgres_url, name, *args, cwd=tmp_path)
+    # The shared trainings pause in every batch, so the rescuer can repeat the victim's epochs.
+    model = "build" if strategy == "per-trial" else "build_slow"
+    victim = start_worker(postgres_url, name, *args, cwd=tmp_path, model=model)
 
     def mid_trial(trials):
         done = sum(t.state == COMPLETE for t in trials)
@@ -183,9 +189,7 @@ def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(
     killed = [t.number for t in study.trials if t.state == RUNNING]
     assert killed and len(killed) == (1 if strategy == "per-trial" else 8)
 
-    if strategy == "shared":
-        args[args.index("400")] = "3"  # the rescuer need not train as long
-    finish(start_worker(postgres_url, name, *args, cwd=tmp_path))
+    finish(start_worker(postgres_url, name, *args, cwd=tmp_path, model=model))
     study = optuna.load_study(study_name=name, storage=postgres_url)
     assert_each_configuration_complete_once(study)
     for number in killed:
@@ -199,7 +203,8 @@ def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(
 
 def test_sigint_on_a_postgres_study_stops_cleanly_and_a_rerun_completes(postgres_url, tmp_path):
     name = unique("sigint")
-    process = start_worker(postgres_url, name, "--epochs", "400", "--pruner", "none", cwd=tmp_path)
+    args = ["--epochs", "6", "--pruner", "none"]  # the re-run repeats them: a study refuses others
+    process = start_worker(postgres_url, name, *args, cwd=tmp_path, model="build_slow")
     wait_for(
         name,
         postgres_url,
@@ -215,7 +220,7 @@ def test_sigint_on_a_postgres_study_stops_cleanly_and_a_rerun_completes(postgres
     assert len(stopped) == 16 and {t.user_attrs.get("fail_reason") for t in stopped} == {
         "interrupted"
     }
-    finish(start_worker(postgres_url, name, "--epochs", "2", "--pruner", "none", cwd=tmp_path))
+    finish(start_worker(postgres_url, name, *args, cwd=tmp_path, model="build_slow"))
     assert_each_configuration_complete_once(
         optuna.load_study(study_name=name, storage=postgres_url)
     )
