@@ -57,10 +57,10 @@ def alive(pid: int) -> bool:
     )  # a zombie has exited; only its parent can reap it
 
 
-def start_run(cwd: Path, *args: str) -> subprocess.Popen:
+def start_run(cwd: Path, *args: str, model: str = "build_slow") -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("BLN_SEARCH_STORAGE", None)
-    command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:build_slow", "-q", *args]
+    command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:{model}", "-q", *args]
     return subprocess.Popen(
         command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -172,7 +172,18 @@ def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
 @pytest.mark.slow
 @needs_proc
 def test_workers_die_with_a_killed_parent_and_leave_nothing_running(tmp_path):
-    process = start_run(tmp_path, "--workers", "2", "--epochs", "40", "--pruner", "none")
+    process = start_run(
+        tmp_path,
+        "--workers",
+        "2",
+        "--epochs",
+        "400",
+        "--pruner",
+        "none",
+        "--study",
+        STUDY,
+        model="build",  # no re-run here, so the fast model with many epochs
+    )
     wait_until(tmp_path, process, _both_workers_training)
     workers = children_of(process.pid)
     assert workers

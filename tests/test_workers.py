@@ -308,7 +308,7 @@ def test_workers_on_the_default_sqlite_file_share_the_grid(tmp_path):
 @pytest.mark.parametrize("strategy", ["per-trial", "shared"])
 def test_three_plain_runs_on_one_sqlite_study_complete_each_configuration_once(tmp_path, strategy):
     """No `--workers`: three independent runs started together pop the SQLite queue atomically."""
-    for attempt in range(2):
+    for attempt in range(2 if strategy == "per-trial" else 1):  # per-trial pops 16 times a run
         storage = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
         args = ["--strategy", strategy, "--epochs", "1", "--pruner", "none"]
         if strategy == "shared":
