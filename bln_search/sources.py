@@ -13,6 +13,7 @@ import time
 
 import optuna
 
+from bln_search.config import all_configurations
 from bln_search.errors import UsageError
 from bln_search.trials import (
     ATTR_QUEUED,
@@ -154,6 +155,7 @@ class SamplerSource(TrialSource):
             raise UsageError("a sampler needs a trial budget (`n_trials`)")
         super().__init__(setups)
         self.n_trials = n_trials
+        self._repeats = 0
 
     def prepare(self, study: optuna.Study, created: bool) -> None:
         if not created:  # a resume or a second worker: not the first process's suggestions again
@@ -190,10 +192,32 @@ class SamplerSource(TrialSource):
         return setup
 
     def repeat_of(self, study: optuna.Study, trial) -> optuna.trial.FrozenTrial | None:
-        """A finished trial of the same work as `trial` (its flags, setup and own parameters)."""
+        """A finished trial of the same work as `trial` (its flags, setup and own parameters).
+
+        A sampler that keeps repeating itself (TPE can, once it is sure of a few
+        configurations) is nudged: after `_NUDGE_AFTER` repeats in a row, an untried
+        configuration is queued for the next trial, so a budget always finishes.
+        """
         key = work_key(trial)
         for earlier in study.get_trials(deepcopy=False, states=(COMPLETE, PRUNED)):
             if earlier.number != trial.number and not is_repeat(earlier):
                 if work_key(earlier) == key:
+                    self._repeats += 1
+                    if self._repeats >= _NUDGE_AFTER:
+                        self._repeats = 0
+                        self._queue_untried(study, key[2])
                     return earlier
+        self._repeats = 0
         return None
+
+    def _queue_untried(self, study: optuna.Study, own: tuple) -> None:
+        if own:  # a factory with values of its own: its space cannot be listed
+            return
+        known = {work_key(t)[0] for t in study.get_trials(deepcopy=False)}
+        untried = [c for c in all_configurations() if c not in known]
+        if untried:
+            pick = untried[len(study.get_trials(deepcopy=False)) % len(untried)]
+            study.enqueue_trial(pick.as_dict())
+
+
+_NUDGE_AFTER = 8

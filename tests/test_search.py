@@ -309,3 +309,31 @@ def test_a_trial_factory_s_own_values_make_separate_leaderboard_rows(data, stora
     document = bln_search.export_document(study)
     winner = study.trials[document["trial"]]
     assert document["params"] == {"learning_rate": winner.params["learning_rate"]}
+
+
+class _OneConfiguration(optuna.samplers.BaseSampler):
+    """A real Optuna sampler that proposes the same configuration for ever."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, name, distribution):
+        return False
+
+
+@pytest.mark.timeout(300)
+def test_a_sampler_that_repeats_itself_still_finishes_its_budget(data, storage):
+    study = bln_search.search(
+        models.build,
+        data,
+        study_name="stuck",
+        storage=storage,
+        epochs=1,
+        strategy="per-trial",
+        sampler=_OneConfiguration(),
+        n_trials=3,
+    )
+    assert len(distinct_work(study)) == 3
