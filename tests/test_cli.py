@@ -347,22 +347,12 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     import signal
     import time
 
-    model = f"{FIX}:build_slow"  # same epochs for the re-run: a study refuses others
+    # The same command for the re-run (a study refuses other epochs), on a model slow enough to stop.
+    args = ["run", "--model", f"{FIX}:build_slow", "--epochs", "4", "-q", "--pruner", "none"]
+    args += ["--strategy", strategy]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
-        [
-            str(BIN / "bln-search"),
-            "run",
-            "--model",
-            model,
-            "--epochs",
-            "4",
-            "-q",
-            "--pruner",
-            "none",
-            "--strategy",
-            strategy,
-        ],
+        [str(BIN / "bln-search"), *args],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -402,19 +392,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     interrupted = [t for t in study.trials if t.user_attrs.get("fail_reason") == "interrupted"]
     assert len(interrupted) == (1 if strategy == "per-trial" else 16)
-    rerun = bln_search_command(
-        "run",
-        "--model",
-        model,
-        "--epochs",
-        "4",
-        "-q",
-        "--pruner",
-        "none",
-        "--strategy",
-        strategy,
-        cwd=tmp_path,
-    )
+    rerun = bln_search_command(*args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="models-build_slow", storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
