@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bln_search.trials import config_of
+from bln_search.trials import config_of, is_duplicate
 from tests.fixtures import models
 
 pytestmark = pytest.mark.slow
@@ -318,7 +318,10 @@ def test_three_plain_runs_on_one_sqlite_study_complete_each_configuration_once(t
             finish(process)  # every run exits 0
         study = optuna.load_study(study_name="race", storage=storage)
         assert_each_configuration_complete_once(study)
-        assert not study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+        # No work failed. A run that asks after the queue emptied gives its empty trial back
+        # as a `duplicate` (no configuration, not a result): that is bookkeeping, not a failure.
+        failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+        assert all(is_duplicate(t) and config_of(t) is None for t in failed), failed
 
 
 # TPE's distinct configurations across a resume are checked through the API
