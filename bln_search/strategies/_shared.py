@@ -145,7 +145,7 @@ class SharedStrategy(Strategy):
         model = self._build(setup)
         validation = self.data.validation_dataset(setup.batch_size)
         prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
-        evaluated = settings.metric.startswith("val_")
+        # Preflight admits only validation metrics, so every value comes from an evaluation.
         metric = settings.metric.removeprefix("val_")
         epochs_run = [0]
         # From the last epoch's evaluations until every trial is told, signals wait: a finished
@@ -157,34 +157,23 @@ class SharedStrategy(Strategy):
             if epoch + 1 == settings.epochs:
                 check_interrupt()
                 writes.hold()
-            if evaluated:
-                if logs.get("loss") is not None:
-                    training_logs_value(logs, "loss", epoch)
-            else:  # a training metric is the same for every configuration
-                shared_value = training_logs_value(logs, settings.metric, epoch)
+            if logs.get("loss") is not None:
+                training_logs_value(logs, "loss", epoch)
             live = [job for job in jobs if job.live]
             for job in live:
                 check_interrupt()
-                if evaluated:
-                    if job.config is not None:
-                        configure(model, job.config)
-                    results = model.evaluate(validation, verbose=0, return_dict=True)
-                    if metric not in results:
-                        raise MetricNotReported(
-                            settings.metric, [f"val_{name}" for name in results]
-                        )
-                    value = float(results[metric])
-                else:
-                    value = shared_value
+                if job.config is not None:
+                    configure(model, job.config)
+                results = model.evaluate(validation, verbose=0, return_dict=True)
+                if metric not in results:
+                    raise MetricNotReported(settings.metric, [f"val_{name}" for name in results])
+                value = float(results[metric])
                 if not math.isfinite(value):
                     message = f"{settings.metric} became {value} in epoch {epoch + 1}"
                     _tell(study, job, FAIL, observer, elapsed(), reason=NON_FINITE, message=message)
                     continue
                 job.curve.values.append(value)
-                if evaluated:
-                    job.curve.add_others(
-                        {f"val_{k}": v for k, v in results.items()}, settings.metric
-                    )
+                job.curve.add_others({f"val_{k}": v for k, v in results.items()}, settings.metric)
                 job.trial.report(value, step=epoch)
                 observer.on_epoch_end(job.trial.number, epoch + 1, settings.epochs, value)
             # Prune only after every live configuration has reported this epoch.
