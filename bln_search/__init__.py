@@ -15,6 +15,7 @@ _EXPORTS = {
     "ResetPopulationStatistics": "bln_search.layer_tools",
     "configure": "bln_search.layer_tools",
     "find_bln_layers": "bln_search.layer_tools",
+    "grouped_inference": "bln_search.layer_tools",
     "StatisticsConfig": "bln_search.config",
     "ConfigError": "bln_search.errors",
     "FLAG_NAMES": "bln_search.config",

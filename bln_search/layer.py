@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import keras
 from keras import constraints, initializers, ops, regularizers
 
@@ -9,6 +11,7 @@ from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.layer_gradient import (
     batch_moments,
     cast,
+    grouped_batch_moments,
     mixing_weights,
     moments,
     normalize_for_training,
@@ -57,6 +60,15 @@ class BatchLayerNormalization(keras.layers.Layer):
     or `bln_search.configure(model, config)` changes the next `predict`/`evaluate`
     without a rebuild or a retrace.
 
+    **Grouped inference**: `inference_group_size=m` computes the current-batch
+    statistics per group of `m` consecutive samples (a trailing remainder its own
+    group), so one `evaluate` batch of `k * m` samples gives exactly the outputs
+    of `k` batches of `m`: evaluating a small-batch model needs far fewer steps.
+    Only the configurations that read a current batch statistic depend on it;
+    training never does. Like the flags it is layer state (switching it retraces
+    nothing); `bln_search.grouped_inference(model, m)` sets it for a while
+    without it being saved.
+
     **Masks** (e.g. from `Embedding(mask_zero=True)`) leave masked samples out of
     the batch moments at each position, in training and at inference, and out of
     the population; a position masked in every sample of a step keeps its
@@ -77,6 +89,9 @@ class BatchLayerNormalization(keras.layers.Layer):
         epsilon: Small float added to the variances. Published value: `1e-3`.
         delta: Small float subtracted from both mixing weights. Published value:
             `1e-4`.
+        inference_group_size: `None` (default) to compute the current-batch
+            statistics at inference over the whole batch; an int `m >= 1` for
+            groups of `m` consecutive samples. Saved with the model.
         center: If `True`, add the offset `beta`.
         scale: If `True`, multiply by `gamma`.
         beta_initializer: Initializer for `beta`.
@@ -111,6 +126,7 @@ class BatchLayerNormalization(keras.layers.Layer):
         momentum=None,
         epsilon=1e-3,
         delta=1e-4,
+        inference_group_size=None,
         center=True,
         scale=True,
         beta_initializer="zeros",
@@ -127,6 +143,8 @@ class BatchLayerNormalization(keras.layers.Layer):
         self.momentum = None if momentum is None else float(momentum)
         self.epsilon = float(epsilon)
         self.delta = float(delta)
+        self._inference_group_size = _group_size(inference_group_size)
+        self._group_variable = None
         self.center = center
         self.scale = scale
         self.beta_initializer = initializers.get(beta_initializer)
@@ -165,6 +183,24 @@ class BatchLayerNormalization(keras.layers.Layer):
     batch_moving_var = _flag_property("batch_moving_var", "batch variance")
     feature_moving_mean = _flag_property("feature_moving_mean", "feature mean")
     feature_moving_var = _flag_property("feature_moving_var", "feature variance")
+
+    @property
+    def inference_group_size(self):
+        """The group size of the current-batch statistics at inference (`None`: the whole batch).
+
+        Setting it is a choice the model keeps: it is saved with the model.
+        """
+        return self._inference_group_size
+
+    @inference_group_size.setter
+    def inference_group_size(self, value):
+        self._inference_group_size = _group_size(value)
+        self.set_group_for_inference(self._inference_group_size)
+
+    def set_group_for_inference(self, group_size):
+        """Groups the next inferences by `group_size` (`None`: whole batch) without saving it."""
+        if self._group_variable is not None:
+            self._group_variable.assign(float(_group_size(group_size) or 0))
 
     @property
     def statistics_config(self) -> StatisticsConfig:
@@ -232,11 +268,27 @@ class BatchLayerNormalization(keras.layers.Layer):
         self.moving_position_steps = state(
             "moving_position_steps", feature_shape, "zeros", "float32"
         )
+        # Last, and never saved: the configured value comes back through `get_config`.
+        self._group_variable = state(
+            "inference_group_size",
+            (),
+            initializers.Constant(float(self._inference_group_size or 0)),
+            "float32",
+        )
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape), axes={-1: channels})
+
+    def _saved_variables(self):
+        """Every variable but the inference grouping, which `get_config` carries instead."""
+        variables = self._trainable_variables + self._non_trainable_variables
+        return [v for v in variables if v is not self._group_variable]
+
+    def save_own_variables(self, store):
+        for i, variable in enumerate(self._saved_variables()):
+            store[f"{i}"] = variable
 
     def load_own_variables(self, store):
         """Loads the weights, including files saved before `moving_position_steps` existed."""
-        variables = self._trainable_variables + self._non_trainable_variables
+        variables = self._saved_variables()
         if len(store.keys()) == len(variables) - 1:  # older layout: the per-position counter last
             for i, variable in enumerate(variables[:-1]):
                 variable.assign(store[f"{i}"])
@@ -244,8 +296,14 @@ class BatchLayerNormalization(keras.layers.Layer):
             self.moving_position_steps.assign(
                 ops.broadcast_to(steps, self.moving_position_steps.shape)
             )
+        elif len(store.keys()) == len(variables):
+            for i, variable in enumerate(variables):
+                variable.assign(store[f"{i}"])
         else:
-            super().load_own_variables(store)
+            raise ValueError(
+                f"Layer {self.name!r} expected {len(variables)} variables, "
+                f"but the file holds {len(store.keys())}."
+            )
         for name, variable in self._flag_variables.items():  # the Python side follows the file
             self._flag_values[name] = bool(ops.convert_to_numpy(variable) > 0.5)
 
@@ -269,10 +327,10 @@ class BatchLayerNormalization(keras.layers.Layer):
         static = x.shape[0]
         batch_size = float(static) if static is not None else ops.cast(ops.shape(x)[0], dtype)
         weights = None if mask is None else sample_weights(mask, x)
-        batch_mean, batch_var, count = batch_moments(x, weights)
         feature_mean, feature_var = moments(x, -1)
 
         if training and self.trainable:
+            batch_mean, batch_var, count = batch_moments(x, weights)
             feature_weight, batch_weight = mixing_weights(batch_size, channels, self.delta)
             statistics = (batch_mean, batch_var, feature_mean, feature_var)
             outputs = normalize_for_training(
@@ -288,6 +346,8 @@ class BatchLayerNormalization(keras.layers.Layer):
             self._update_population(statistics, weights, count, batch_size, dtype)
             return cast(outputs, self.compute_dtype)
 
+        batch_mean, batch_var = grouped_batch_moments(x, self._group_variable, weights)
+
         def pick(flag, population, current):
             return ops.where(self._flag_variables[flag] > 0.5, cast(population, dtype), current)
 
@@ -301,10 +361,11 @@ class BatchLayerNormalization(keras.layers.Layer):
         )
         feature_scale = feature_weight * ops.rsqrt(feature_var + self.epsilon)
         batch_scale = batch_weight * ops.rsqrt(batch_var + self.epsilon)
-        # gamma * (f * (x - mu_F) + b * (x - mu_B)) + beta, with the per-position
-        # term b * mu_B folded into the offset before it meets the full tensor.
-        offset = beta - gamma * batch_mean * batch_scale
-        outputs = gamma * ((x - feature_mean) * feature_scale + x * batch_scale) + offset
+        # Not folded into `x * b + offset`: with a tiny current-batch variance (m = 1)
+        # that form cancels large terms and loses the digits the grouping must keep.
+        outputs = (
+            gamma * ((x - feature_mean) * feature_scale + (x - batch_mean) * batch_scale) + beta
+        )
         return cast(outputs, self.compute_dtype)
 
     def _update_population(self, statistics, weights, count, batch_size, dtype):
@@ -346,6 +407,7 @@ class BatchLayerNormalization(keras.layers.Layer):
                 "momentum": self.momentum,
                 "epsilon": self.epsilon,
                 "delta": self.delta,
+                "inference_group_size": self._inference_group_size,
                 "center": self.center,
                 "scale": self.scale,
                 "beta_initializer": initializers.serialize(self.beta_initializer),
@@ -357,3 +419,16 @@ class BatchLayerNormalization(keras.layers.Layer):
             }
         )
         return config
+
+
+def _group_size(value):
+    """`None` or an int >= 1 (0 and `None` both mean the whole batch)."""
+    if value is None:
+        return None
+    try:
+        size = operator.index(value)  # ints, NumPy integers; not floats
+    except TypeError:
+        size = -1
+    if isinstance(value, bool) or size < 0:
+        raise ValueError(f"`inference_group_size` must be None or an int >= 1. Received: {value!r}")
+    return size or None

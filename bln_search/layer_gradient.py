@@ -51,6 +51,38 @@ def batch_moments(x, weights=None):
     return mean, var, count
 
 
+def grouped_batch_moments(x, group_size, weights=None):
+    """Per sample and position: mean and biased variance of its group, as `(m, d1, ..., C)`.
+
+    The groups are `group_size` consecutive samples, a trailing remainder its own
+    group, so one batch of k groups gives exactly the moments of k separate
+    batches ("ghost" batches). `group_size` is a scalar tensor: 0 (or anything
+    >= the batch) makes the whole batch one group, so switching it retraces
+    nothing. With `weights`, as `batch_moments` (a group with no kept sample at
+    a position gets mean 0 and variance 0).
+    """
+    static = x.shape[0]
+    size = static if static is not None else ops.shape(x)[0]
+    index = ops.arange(size, dtype="int32")
+    group_size = ops.cast(group_size, "int32")
+    whole = max(size, 1) if isinstance(size, int) else ops.maximum(size, 1)
+    group = index // ops.where(group_size > 0, group_size, whole)
+
+    def group_sum(value):
+        # Unsorted: TensorFlow's sorted segment sum has no XLA kernel (jit_compile).
+        sums = ops.segment_sum(value, group, num_segments=size)
+        return ops.take(sums, group, axis=0)
+
+    if weights is None:
+        ones = ops.ones((size,) + (1,) * (len(x.shape) - 1), x.dtype)
+        count = group_sum(ones)
+        mean = group_sum(x) / count
+        return mean, group_sum(ops.square(x - mean)) / count
+    divisor = ops.maximum(group_sum(weights), 1.0)
+    mean = group_sum(weights * x) / divisor
+    return mean, group_sum(weights * ops.square(x - mean)) / divisor
+
+
 def mixing_weights(batch_size, channels, delta):
     """`(1/m - delta) / sqrt(C)` and `(1 - 1/m - delta) / sqrt(C)`."""
     inv_sqrt_c = 1.0 / float(channels) ** 0.5

@@ -1,8 +1,10 @@
-"""What works on every BLN layer of a model: the epoch-reset callback, `find_bln_layers`, `configure`."""
+"""What works on every BLN layer of a model: the epoch-reset callback, `find_bln_layers`,
+`configure`, `grouped_inference`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import keras
 
@@ -61,3 +63,23 @@ def configure(
         for name, value in config.as_dict().items():
             setattr(layer, name, value)
     return layers
+
+
+@contextlib.contextmanager
+def grouped_inference(model, group_size: int | None) -> Iterator[list[BatchLayerNormalization]]:
+    """Within the block, every BLN layer of `model` computes its current-batch
+    statistics per group of `group_size` consecutive samples at inference.
+
+    So `model.evaluate(x, batch_size=k * m)` inside `grouped_inference(model, m)`
+    gives the metrics of `model.evaluate(x, batch_size=m)` in k times fewer
+    steps. The layers' own `inference_group_size` comes back after the block and
+    nothing of it is saved meanwhile. Training is unaffected.
+    """
+    layers = find_bln_layers(model)
+    for layer in layers:
+        layer.set_group_for_inference(group_size)
+    try:
+        yield layers
+    finally:
+        for layer in layers:
+            layer.set_group_for_inference(layer.inference_group_size)

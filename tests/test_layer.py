@@ -173,11 +173,15 @@ class KerasHarnessTest(testing.TestCase):
             for momentum in (None, 0.9):
                 self.run_layer_test(
                     BatchLayerNormalization,
-                    init_kwargs={"momentum": momentum, "feature_moving_mean": True},
+                    init_kwargs={
+                        "momentum": momentum,
+                        "feature_moving_mean": True,
+                        "inference_group_size": 2,
+                    },
                     input_shape=input_shape,
                     expected_output_shape=input_shape,
                     expected_num_trainable_weights=2,
-                    expected_num_non_trainable_weights=11,
+                    expected_num_non_trainable_weights=12,
                     expected_num_seed_generators=0,
                     expected_num_losses=0,
                     supports_masking=True,
@@ -190,7 +194,7 @@ class KerasHarnessTest(testing.TestCase):
             input_shape=(2, 3, 4),
             expected_output_shape=(2, 3, 4),
             expected_num_trainable_weights=0,
-            expected_num_non_trainable_weights=11,
+            expected_num_non_trainable_weights=12,
         )
 
 
@@ -601,8 +605,9 @@ def test_weights_saved_before_the_per_position_counter_still_load():
     layer, _ = random_layer((4, 5), rng, feature_moving_var=True)
     for _ in range(3):
         layer(batch(rng, 6, (4, 5)), training=True)
-    old_layout = [keras.ops.convert_to_numpy(v) for v in layer.weights[:-1]]
-    assert [v.name for v in layer.weights[-1:]] == ["moving_position_steps"]
+    saved = [v for v in layer.weights if v.name != "inference_group_size"]  # never saved
+    old_layout = [keras.ops.convert_to_numpy(v) for v in saved[:-1]]
+    assert [v.name for v in saved[-1:]] == ["moving_position_steps"]
     restored = BatchLayerNormalization(feature_moving_var=True)
     restored.build((None, 4, 5))
     restored.load_own_variables({str(i): value for i, value in enumerate(old_layout)})

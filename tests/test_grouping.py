@@ -1,0 +1,157 @@
+"""Grouped inference statistics: one batch of k groups of m equals k batches of m."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from bln_search import BatchLayerNormalization, configure, grouped_inference
+from bln_search.config import FLAG_NAMES, all_configurations
+from tests.test_layer import SHAPES, batch, ragged_mask, random_layer
+
+TOLERANCE = 1e-5  # absolute, or relative where |output| > 1 (float32 has 1e-5 steps above 128)
+REFERENCE_TOLERANCE = 1e-4
+
+
+def error(actual, expected) -> float:
+    """The largest difference, relative where the expected value is above 1 in magnitude."""
+    actual, expected = keras.ops.convert_to_numpy(actual), np.asarray(expected)
+    return float(np.max(np.abs(actual - expected) / np.maximum(1.0, np.abs(expected))))
+
+
+def trained_layer(inner, rng, training_size=6):
+    layer, reference = random_layer(inner, rng)
+    for m in (training_size, training_size, 4):
+        x = batch(rng, m, inner)
+        layer(x, training=True)
+        reference.train(x)
+    return layer, reference
+
+
+def batch_by_batch(function, x, m, *extra):
+    """What evaluating batch by batch gives: consecutive batches of m, the last partial."""
+    return np.concatenate(
+        [
+            keras.ops.convert_to_numpy(function(x[i : i + m], *(e[i : i + m] for e in extra)))
+            for i in range(0, len(x), m)
+        ]
+    )
+
+
+@pytest.mark.parametrize("rank", SHAPES)
+@pytest.mark.parametrize("m", [1, 2, 7, 25])
+def test_grouped_inference_equals_batch_by_batch_in_all_16_configurations(rank, m):
+    rng = np.random.default_rng(30 + m)
+    inner = SHAPES[rank]
+    layer, reference = trained_layer(inner, rng)
+    x = batch(rng, 3 * m + max(1, m // 2), inner, scale=2.0, shift=-0.5)  # with a remainder
+    for config in all_configurations():
+        configure(layer, config)
+        flags = tuple(config.as_dict()[name] for name in FLAG_NAMES)
+        layer.set_group_for_inference(None)
+        expected = batch_by_batch(lambda part: layer(part, training=False), x, m)
+        layer.set_group_for_inference(m)
+        grouped = keras.ops.convert_to_numpy(layer(x, training=False))
+        assert error(grouped, expected) <= TOLERANCE, config.label
+        independent = batch_by_batch(lambda part, flags=flags: reference.infer(part, flags), x, m)
+        assert error(grouped, independent) <= REFERENCE_TOLERANCE, config.label
+
+
+@pytest.mark.parametrize("rank", ["3d", "4d"])
+def test_grouped_inference_with_a_ragged_mask_equals_batch_by_batch(rank):
+    rng = np.random.default_rng(40)
+    inner = SHAPES[rank]
+    layer, reference = trained_layer(inner, rng)
+    m = 3
+    x = batch(rng, 3 * m + 2, inner)
+    mask = ragged_mask(rng, len(x), inner)
+    for config in all_configurations():
+        configure(layer, config)
+        flags = tuple(config.as_dict()[name] for name in FLAG_NAMES)
+        layer.set_group_for_inference(None)
+        expected = batch_by_batch(lambda p, k: layer(p, training=False, mask=k), x, m, mask)
+        layer.set_group_for_inference(m)
+        grouped = keras.ops.convert_to_numpy(layer(x, training=False, mask=mask))
+        assert error(grouped, expected) <= TOLERANCE, config.label
+        independent = batch_by_batch(
+            lambda p, k, flags=flags: reference.infer(p, flags, k), x, m, mask
+        )
+        assert error(grouped, independent) <= REFERENCE_TOLERANCE, config.label
+
+
+def test_grouping_never_changes_training():
+    rng = np.random.default_rng(41)
+    inner = SHAPES["3d"]
+    plain, _ = random_layer(inner, rng)
+    grouped, _ = random_layer(inner, np.random.default_rng(41))
+    grouped.inference_group_size = 2
+    for _ in range(2):
+        x = batch(rng, 6, inner)
+        a, b = plain(x, training=True), grouped(x, training=True)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    for a, b in zip(plain.non_trainable_weights, grouped.non_trainable_weights):
+        if a.name != "inference_group_size":
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+            )
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch runs eagerly: no trace")
+def test_switching_the_grouping_retraces_nothing(monkeypatch):
+    """The group size is state like the flags: one compiled predict serves every m."""
+    rng = np.random.default_rng(42)
+    model = keras.Sequential([keras.Input((4, 5)), BatchLayerNormalization(name="bln")])
+    model.compile(loss="mse")
+    layer = model.get_layer("bln")
+    model.fit(batch(rng, 12, (4, 5)), batch(rng, 12, (4, 5)), batch_size=6, verbose=0)
+    layer.batch_moving_mean = layer.batch_moving_var = False
+    traces = []
+    original_call = BatchLayerNormalization.call
+    monkeypatch.setattr(
+        BatchLayerNormalization,
+        "call",
+        lambda self, *a, **k: traces.append(1) or original_call(self, *a, **k),
+    )
+    x = batch(rng, 14, (4, 5))
+    outputs = {}
+    for m in (None, 2, 7):
+        layer.set_group_for_inference(m)
+        outputs[m] = model.predict(x, batch_size=14, verbose=0)
+    assert len(traces) <= 1  # the first predict's trace served every group size
+    monkeypatch.setattr(BatchLayerNormalization, "call", original_call)
+    for m in (None, 2, 7):
+        layer.set_group_for_inference(None)
+        expected = batch_by_batch(lambda p: layer(p, training=False), x, m or len(x))
+        assert error(outputs[m], expected) <= TOLERANCE, m
+    assert error(outputs[2], outputs[7]) > 1e-3  # the grouping took effect
+
+
+def test_grouped_inference_is_not_saved_but_a_chosen_group_size_is(tmp_path):
+    model = keras.Sequential([keras.Input((5,)), BatchLayerNormalization(name="bln")])
+    with grouped_inference(model, 4):
+        assert model.get_layer("bln").set_group_for_inference  # set inside the block
+        model.save(tmp_path / "during.keras")
+    loaded = keras.saving.load_model(tmp_path / "during.keras")
+    assert loaded.get_layer("bln").inference_group_size is None
+    assert float(keras.ops.convert_to_numpy(loaded.get_layer("bln")._group_variable)) == 0.0
+
+    model.get_layer("bln").inference_group_size = 3  # on purpose: kept
+    model.save(tmp_path / "chosen.keras")
+    loaded = keras.saving.load_model(tmp_path / "chosen.keras")
+    assert loaded.get_layer("bln").inference_group_size == 3
+    assert float(keras.ops.convert_to_numpy(loaded.get_layer("bln")._group_variable)) == 3.0
+
+
+def test_grouped_inference_restores_the_chosen_group_size():
+    model = keras.Sequential([keras.Input((5,)), BatchLayerNormalization(inference_group_size=3)])
+    (layer,) = [layer for layer in model.layers if isinstance(layer, BatchLayerNormalization)]
+    with grouped_inference(model, 8):
+        assert float(keras.ops.convert_to_numpy(layer._group_variable)) == 8.0
+    assert float(keras.ops.convert_to_numpy(layer._group_variable)) == 3.0
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True, "4"])
+def test_group_size_is_validated(value):
+    with pytest.raises(ValueError, match="inference_group_size"):
+        BatchLayerNormalization(inference_group_size=value)
