@@ -61,3 +61,24 @@ def test_the_process_exits_when_the_search_ends_although_user_code_left_a_thread
     )
     assert result.returncode == 0, result.stderr
     assert "stored in study" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_fast_exit_after_tensorflow_still_runs_exit_handlers_and_keeps_the_exit_code(tmp_path):
+    """`program` skips TensorFlow's slow interpreter teardown, but not what `atexit` promises."""
+    proof = tmp_path / "proof"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "EXIT_PROOF": str(proof)}
+    env.pop("BLN_SEARCH_STORAGE", None)
+    result = subprocess.run(
+        [str(BIN / "bln-search"), "run", "--model", f"{FIX}:build_registers_an_exit_handler"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: model factory raised RuntimeError: the factory broke after registering an exit "
+        "handler"
+    ]
+    assert proof.read_text() == "ran"

@@ -6,6 +6,7 @@ loads only inside the commands that train.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import re
@@ -193,23 +194,29 @@ def output_path(path: Path) -> Path:
 
 
 def program() -> None:
-    """The `bln-search` program: `app`, then an exit that does not wait for threads user code left.
+    """The `bln-search` program: `app`, then an exit that waits for nothing it does not need.
 
     Python joins every non-daemon thread before the process ends, so a thread a model
     factory started (a loader, a logger) would keep a finished search alive until
     Ctrl-C. With such threads left, the output is flushed and the process ends at once.
+    Once TensorFlow is loaded, the interpreter's own teardown (TensorFlow's modules and
+    native destructors) takes a second or two after the last line; the exit handlers
+    run, the output is flushed, and that teardown is skipped.
     """
     try:
         app()
     except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
         left = [t for t in threading.enumerate() if t.is_alive() and not t.daemon]
         if left == [threading.main_thread()]:
-            raise
+            if "tensorflow" not in sys.modules:
+                raise
+            atexit._run_exitfuncs()  # what a normal exit runs (temporary folders, logging)
         if isinstance(done.code, str):
             print(done.code, file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(done.code if isinstance(done.code, int) else int(done.code is not None))
+        os._exit(code)
 
 
 def import_tensorflow_quietly() -> None:
