@@ -1,6 +1,6 @@
 """Shared training vs one training per trial, on the digits CNN grid (16 configurations).
 
-Run: python benchmarks/search.py [--epochs 5]
+Run: python benchmarks/search.py [--epochs 5] [--small-batches 1,4,25]
 
 Everything is measured side by side in one process, on the same data, each in
 a fresh temporary SQLite study:
@@ -15,6 +15,13 @@ a fresh temporary SQLite study:
 
 Op determinism is enabled, so the two strategies see identical numbers and
 their top-1 configurations must agree.
+
+A second table, per training batch size (`--small-batches`, on 400 training /
+200 validation digits, 2 epochs, no pruning): the shared search against the
+same training alone (build + fit, no evaluation), and against evaluating batch
+by batch at the training batch size (`evaluation_batch_size=batch_size`, what
+every search did before grouped inference). Targets: search <= 2.0x the
+training alone at batch size 1, <= 1.3x at 25.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from rich.table import Table  # noqa: E402
 
 import bln_search  # noqa: E402
 from bln_search.pruning import make_pruner  # noqa: E402
+from bln_search.trials import config_of  # noqa: E402
 
 BATCH_SIZE = 32
 
@@ -80,20 +88,121 @@ def timed_limit(epochs: int) -> float:
     return time.perf_counter() - start
 
 
+SMALL_TRAIN, SMALL_VALIDATION, SMALL_EPOCHS = 400, 200, 2  # --train-samples etc. change them
+
+
+def small_data():
+    (x, y), (xv, yv) = digits_cnn.load_data()
+    return (x[:SMALL_TRAIN], y[:SMALL_TRAIN]), (xv[:SMALL_VALIDATION], yv[:SMALL_VALIDATION])
+
+
+def timed_training_alone(batch_size: int) -> float:
+    import keras
+
+    (x, y), _ = small_data()
+    start = time.perf_counter()
+    keras.backend.clear_session(free_memory=False)
+    keras.utils.set_random_seed(0)
+    model = digits_cnn.build()
+    model.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=SMALL_EPOCHS,
+        verbose=0,
+        callbacks=[bln_search.ResetPopulationStatistics()],
+    )
+    return time.perf_counter() - start
+
+
+def timed_small_search(folder: str, name: str, batch_size: int, evaluation_batch_size):
+    data = bln_search.check_data(small_data())
+    start = time.perf_counter()
+    study = bln_search.search(
+        digits_cnn.build,
+        data,
+        study_name=name,
+        storage=f"sqlite:///{folder}/{name}.db",
+        epochs=SMALL_EPOCHS,
+        batch_size=batch_size,
+        strategy="shared",
+        pruner=None,
+        evaluation_batch_size=evaluation_batch_size,
+    )
+    return time.perf_counter() - start, study
+
+
+def small_batches_table(batch_sizes: list[int]) -> Table:
+    table = Table(
+        title=(
+            f"Shared search at small batch sizes: digits CNN, {SMALL_TRAIN} training / "
+            f"{SMALL_VALIDATION} validation, {SMALL_EPOCHS} epochs, 16 configurations, one run"
+        )
+    )
+    for column in (
+        "batch size",
+        "search / training alone",
+        "batch-by-batch / training alone",
+        "batch-by-batch / search",
+        "same values",
+        "top-1",
+    ):
+        table.add_column(column, justify="left" if column == "top-1" else "right")
+    with tempfile.TemporaryDirectory() as folder:
+        for b in batch_sizes:
+            alone = timed_training_alone(b)
+            grouped, grouped_study = timed_small_search(folder, f"grouped-{b}", b, None)
+            one_by_one, one_study = timed_small_search(folder, f"batch-by-batch-{b}", b, b)
+            same = all(
+                abs(g.value - o.value) <= 1e-5 * max(1.0, abs(o.value))
+                for g, o in zip(
+                    sorted(grouped_study.trials, key=lambda t: config_of(t).label),
+                    sorted(one_study.trials, key=lambda t: config_of(t).label),
+                )
+            )
+            table.add_row(
+                str(b),
+                f"{grouped / alone:.2f}x",
+                f"{one_by_one / alone:.2f}x",
+                f"{one_by_one / grouped:.2f}x",
+                "yes" if same else "NO",
+                top1(grouped_study) if top1(grouped_study) == top1(one_study) else "DIFFER",
+            )
+    return table
+
+
 def top1(study: optuna.Study) -> str:
-    return bln_search.trials.config_of(study.best_trial).label
+    return config_of(study.best_trial).label
 
 
 def main():
+    global SMALL_TRAIN, SMALL_VALIDATION, SMALL_EPOCHS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument(
+        "--small-batches",
+        default="1,4,25",
+        help="training batch sizes of the grouped-evaluation table ('' to skip)",
+    )
+    parser.add_argument("--skip-strategies", action="store_true", help="only the second table")
+    parser.add_argument("--train-samples", type=int, default=SMALL_TRAIN, help="second table")
+    parser.add_argument("--validation-samples", type=int, default=SMALL_VALIDATION)
+    parser.add_argument("--small-epochs", type=int, default=SMALL_EPOCHS)
     args = parser.parse_args()
+    SMALL_TRAIN, SMALL_VALIDATION = args.train_samples, args.validation_samples
+    SMALL_EPOCHS = args.small_epochs
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     epochs = args.epochs
     timed_limit(1)  # warm up TensorFlow once, so no row pays for first-use costs
+    if args.small_batches:
+        Console(width=140).print(
+            small_batches_table([int(b) for b in args.small_batches.split(",")])
+        )
+    if args.skip_strategies:
+        return
     with tempfile.TemporaryDirectory() as folder:
         limit = timed_limit(epochs)
         shared, shared_study = timed_search(folder, "shared", epochs, "shared", None)

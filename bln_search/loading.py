@@ -141,8 +141,14 @@ class Data:
     def is_dataset(self) -> bool:
         return not isinstance(self.train, tuple)
 
-    def fit_kwargs(self, batch_size: int, validation: bool = True) -> dict[str, Any]:
-        """Keyword arguments for `model.fit` (arrays are batched here, datasets come batched)."""
+    def fit_kwargs(
+        self, batch_size: int, validation: bool = True, evaluation_batch_size: int | None = None
+    ) -> dict[str, Any]:
+        """Keyword arguments for `model.fit` (arrays are batched here, datasets come batched).
+
+        `evaluation_batch_size`: the validation arrays' physical batch size (see
+        `bln_search.evaluation`); datasets keep their own batches.
+        """
         if self.is_dataset:
             kwargs = {"x": self.train}
         else:
@@ -150,7 +156,18 @@ class Data:
             kwargs = {"x": x, "y": y, "batch_size": batch_size}
         if validation:
             kwargs["validation_data"] = self.validation
+            if not self.is_dataset and evaluation_batch_size:
+                kwargs["validation_batch_size"] = evaluation_batch_size
         return kwargs
+
+    @property
+    def validation_size(self) -> int | None:
+        """The number of validation samples, for arrays (None for a dataset)."""
+        if self.is_dataset:
+            return None
+        import keras
+
+        return len(keras.tree.flatten(self.validation[0])[0])
 
     def dataset_batch_size(self) -> int:
         """The batch size a batched training dataset really trains with (its first batch's)."""
@@ -167,9 +184,11 @@ class Data:
     def validation_dataset(self, batch_size: int):
         """The validation data as one reusable, cached `tf.data.Dataset`.
 
-        Batched exactly as `fit` batches `validation_data` (same size, same
-        order), so evaluating it gives `fit`'s `val_` metrics, but without
-        re-adapting the arrays on every call.
+        Arrays are cut into batches of `batch_size` in their order, as `fit`
+        cuts `validation_data` (a multiple of the training batch size, evaluated
+        under `grouped_inference`, gives the same `val_` metrics in fewer
+        steps), without re-adapting the arrays on every call. A dataset is used
+        as it comes.
         """
         if self.is_dataset:
             return self.validation

@@ -26,6 +26,7 @@ def preflight(
     metric: str,
     setup: TrainingSetup,
     baselines: Sequence[str] = (),
+    evaluation_batch_size: int | None = None,
 ):
     """Builds the model once and evaluates a batch, so bad input fails before the study is touched.
 
@@ -34,6 +35,8 @@ def preflight(
     baselines that cannot be built. Returns `(model, trial)`: the model built
     under `setup.seed` exactly as a training would build it (the first shared
     training starts from it), and the trial it was given (None for a plain factory).
+    It evaluates one batch as the search will (same batch size, grouped), so the
+    search's evaluations reuse the function traced here.
     """
     import keras
 
@@ -46,14 +49,16 @@ def preflight(
     model = build_model(model_factory, trial)
     check_data_fits_model(data, model)
     check_labels(data, model)
+    from bln_search.evaluation import evaluation_batch_size as choose_batch
+    from bln_search.layer_tools import grouped_inference
+
+    batch = None
+    if not data.is_dataset:
+        batch = choose_batch(model, setup.batch_size, data.validation_size, evaluation_batch_size)
     try:
-        if data.is_dataset:
-            logs = model.evaluate(data.validation.take(1), verbose=0, return_dict=True)
-        else:
-            x, y = data.validation
-            logs = model.evaluate(
-                x[: setup.batch_size], y[: setup.batch_size], verbose=0, return_dict=True
-            )
+        with grouped_inference(model, setup.batch_size if batch else None):
+            first = data.validation_dataset(batch or setup.batch_size).take(1)
+            logs = model.evaluate(first, verbose=0, return_dict=True)
     except Exception as error:
         message = first_line(error) or type(error).__name__
         raise UserCodeError(f"the model cannot evaluate the validation data: {message}") from None

@@ -141,6 +141,7 @@ def search(
     pruner: optuna.pruners.BasePruner | str | None = None,
     strategy: str = "auto",
     patience: int | None = None,
+    evaluation_batch_size: int | None = None,
     configs_per_training: int | None = None,
     workers: int = 1,
     test_data=None,
@@ -177,6 +178,11 @@ def search(
             (median for per-trial; racing for shared with one seed, none with several); `None` for none.
         patience: Stop a training once no live configuration has improved its
             best value for this many epochs (None: always train every epoch).
+        evaluation_batch_size: Samples per validation step for array data, rounded
+            down to a multiple of each training batch size (default: as many as a
+            memory budget allows). The current-batch statistics are still computed
+            per group of the training batch size, so the values do not depend on
+            it; the training batch size itself evaluates batch by batch.
         strategy: `"shared"` trains once per seed and batch size and evaluates
             every configuration after each epoch; `"per-trial"` trains each
             trial; `"auto"` picks shared unless the factory takes a `trial`.
@@ -230,14 +236,23 @@ def search(
         )
     if patience is not None and patience < 1:
         raise UsageError("`patience` must be at least 1 epoch")
+    if evaluation_batch_size is not None and evaluation_batch_size < 1:
+        raise UsageError("`evaluation_batch_size` must be at least 1")
     if isinstance(pruner, str):
         pruner = make_pruner(pruner, epochs)
     if not isinstance(storage, optuna.storages.BaseStorage):
         storage = open_storage(storage)
     checked_model, checked_trial = preflight(
-        model_factory, data, metric, setups[0], baselines=variants[1:]
+        model_factory,
+        data,
+        metric,
+        setups[0],
+        baselines=variants[1:],
+        evaluation_batch_size=evaluation_batch_size,
     )
-    settings = TrainingSettings(epochs, metric, direction or infer_direction(metric), patience)
+    settings = TrainingSettings(
+        epochs, metric, direction or infer_direction(metric), patience, evaluation_batch_size
+    )
     manifest = Manifest(
         model=fingerprint_model(model_factory, checked_model, checked_trial is not None),
         data=fingerprint_data(data),

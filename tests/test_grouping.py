@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import optuna
 import pytest
 
+import bln_search
 from bln_search import BatchLayerNormalization, configure, grouped_inference
 from bln_search.config import FLAG_NAMES, all_configurations
+from bln_search.trials import config_of
+from tests.fixtures import models
 from tests.test_layer import SHAPES, batch, ragged_mask, random_layer
 
 TOLERANCE = 1e-5  # absolute, or relative where |output| > 1 (float32 has 1e-5 steps above 128)
@@ -155,3 +159,67 @@ def test_grouped_inference_restores_the_chosen_group_size():
 def test_group_size_is_validated(value):
     with pytest.raises(ValueError, match="inference_group_size"):
         BatchLayerNormalization(inference_group_size=value)
+
+
+# --- the search evaluates in large grouped batches ---------------------------------------------
+
+
+def stored(study):
+    """{(configuration, epoch): value} over the study's complete trials."""
+    return {
+        (config_of(t), epoch): value
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        for epoch, value in t.intermediate_values.items()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["shared", "per-trial"])
+def test_a_grouped_search_stores_the_values_of_batch_by_batch_evaluation(data, storage, strategy):
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    # 48 validation samples in batches of 5: nine full groups and a remainder of 3.
+    kwargs = dict(storage=storage, epochs=2, batch_size=5, strategy=strategy, pruner=None)
+    if strategy == "per-trial":  # per-trial trains every configuration: four are enough here
+        kwargs.update(n_trials=4)
+
+    def sampler():
+        return None if strategy == "shared" else optuna.samplers.RandomSampler(seed=1)
+
+    grouped = bln_search.search(
+        models.build, data, study_name="grouped", sampler=sampler(), **kwargs
+    )
+    one_by_one = bln_search.search(
+        models.build,
+        data,
+        study_name="batch-by-batch",
+        sampler=sampler(),
+        evaluation_batch_size=5,
+        **kwargs,
+    )
+    grouped_values, expected = stored(grouped), stored(one_by_one)
+    assert set(grouped_values) == set(expected) and len(expected) >= 8
+    for key, value in expected.items():
+        assert grouped_values[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    # Configurations that read the current batch differ from those that do not: the
+    # grouping mattered, and matched.
+    assert len({round(v, 5) for v in expected.values()}) > 2
+
+
+def test_the_evaluation_batch_is_whole_groups_within_the_budget():
+    import keras
+
+    from bln_search.evaluation import MEMORY_BUDGET, activation_bytes, evaluation_batch_size
+
+    small = models.build()
+    assert evaluation_batch_size(small, 5, samples=48) == 45  # every whole group at once
+    assert evaluation_batch_size(small, 1, samples=48) == 48
+    assert evaluation_batch_size(small, 64, samples=48) == 64  # at least one group
+    assert evaluation_batch_size(small, 5, samples=48, requested=12) == 10
+    assert evaluation_batch_size(small, 5, samples=48, requested=3) == 5
+    big = keras.Sequential([keras.Input((64, 64, 32)), keras.layers.Conv2D(64, 3, padding="same")])
+    per_sample = activation_bytes(big)
+    assert per_sample == (64 * 64 * 32 + 64 * 64 * 64) * 4  # the input and the convolution
+    chosen = evaluation_batch_size(big, 3, samples=10_000)
+    assert chosen % 3 == 0 and chosen * per_sample <= MEMORY_BUDGET < (chosen + 3) * per_sample

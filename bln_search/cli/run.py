@@ -52,6 +52,7 @@ class RunOptions:
     configs_per_training: int | None = None
     heartbeat: int = 30
     patience: int | None = 3
+    eval_batch_size: int | None = None
     quiet: bool = False
 
     def to_json(self) -> str:
@@ -244,6 +245,16 @@ def run(
             help="Stop a training when no configuration improved for this many epochs; 0: never.",
         ),
     ] = 3,
+    eval_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help=(
+                "Samples per validation step (a multiple of the batch size; default: as many as "
+                "memory allows). Statistics are still grouped by the batch size: same values."
+            ),
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live display.")
     ] = False,
@@ -275,6 +286,7 @@ def run(
         configs_per_training=configs_per_training,
         heartbeat=heartbeat,
         patience=patience or None,
+        eval_batch_size=eval_batch_size,
         quiet=quiet,
     )
     execute(options, storage)
@@ -345,6 +357,7 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
                 strategy=options.strategy,
                 configs_per_training=options.configs_per_training,
                 patience=options.patience,
+                evaluation_batch_size=options.eval_batch_size,
                 workers=options.workers,
                 test_data=test_data,
                 observer=progress if pool is None else StartWorkers(progress, pool),

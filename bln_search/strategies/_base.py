@@ -26,6 +26,17 @@ class TrainingSettings:
     patience: int | None = (
         None  # stop a training when no live configuration improved for this many epochs
     )
+    evaluation_batch_size: int | None = None  # None: chosen by bln_search.evaluation
+
+    def evaluation_batch(self, model, data, batch_size: int) -> int | None:
+        """The physical validation batch for arrays (None for a dataset, used as it comes)."""
+        from bln_search.evaluation import evaluation_batch_size
+
+        if data.is_dataset:
+            return None
+        return evaluation_batch_size(
+            model, batch_size, data.validation_size, self.evaluation_batch_size
+        )
 
 
 class Strategy:

@@ -111,7 +111,7 @@ class PerTrialStrategy(Strategy):
         import keras
         from optuna_integration import KerasPruningCallback
 
-        from bln_search.layer_tools import ResetPopulationStatistics, configure
+        from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
 
         settings = self.settings
         curve = Curve(settings.direction)
@@ -143,14 +143,19 @@ class PerTrialStrategy(Strategy):
                     mode="min" if settings.direction == "minimize" else "max",
                 )
             )
+        # Validation in few large steps, grouped like training batches: the same metrics.
+        evaluation_batch = settings.evaluation_batch(model, self.data, setup.batch_size)
         start = time.perf_counter()
         try:
-            model.fit(
-                **self.data.fit_kwargs(setup.batch_size),
-                epochs=settings.epochs,
-                verbose=0,
-                callbacks=callbacks,
-            )
+            with grouped_inference(model, setup.batch_size if evaluation_batch else None):
+                model.fit(
+                    **self.data.fit_kwargs(
+                        setup.batch_size, evaluation_batch_size=evaluation_batch
+                    ),
+                    epochs=settings.epochs,
+                    verbose=0,
+                    callbacks=callbacks,
+                )
         finally:
             writes.hold()
             curve.store(trial, time.perf_counter() - start)

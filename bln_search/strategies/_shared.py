@@ -127,7 +127,7 @@ class SharedStrategy(Strategy):
         """Trains once and tells every job's trial its outcome; re-raises interrupts and user errors."""
         import keras
 
-        from bln_search.layer_tools import ResetPopulationStatistics, configure
+        from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
 
         settings = self.settings
         start = time.perf_counter()
@@ -143,7 +143,9 @@ class SharedStrategy(Strategy):
             job.trial.set_user_attr(ATTR_TRAINING, training)
             observer.on_trial_start(job.trial.number, job.config)
         model = self._build(setup)
-        validation = self.data.validation_dataset(setup.batch_size)
+        # Few large evaluation steps, grouped like training batches: the same metrics.
+        evaluation_batch = settings.evaluation_batch(model, self.data, setup.batch_size)
+        validation = self.data.validation_dataset(evaluation_batch or setup.batch_size)
         prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
         # Preflight admits only validation metrics, so every value comes from an evaluation.
         metric = settings.metric.removeprefix("val_")
@@ -164,7 +166,8 @@ class SharedStrategy(Strategy):
                 check_interrupt()
                 if job.config is not None:
                     configure(model, job.config)
-                results = model.evaluate(validation, verbose=0, return_dict=True)
+                with grouped_inference(model, setup.batch_size if evaluation_batch else None):
+                    results = model.evaluate(validation, verbose=0, return_dict=True)
                 if metric not in results:
                     raise MetricNotReported(settings.metric, [f"val_{name}" for name in results])
                 value = float(results[metric])
