@@ -46,7 +46,8 @@ def train(
     (fine-tuning, or the rest of a training). Returns `(model, validation
     metrics dict, best epoch)`; the metrics are measured under `config`.
     """
-    from bln_search.layer_tools import ResetPopulationStatistics, configure
+    from bln_search.evaluation import evaluation_batch_size
+    from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
 
     if keep not in ("best", "last"):
         raise UsageError(f"`keep` must be 'best' or 'last', got {keep!r}")
@@ -61,17 +62,23 @@ def train(
     check_data_fits_model(data, model)
     configure(model, config)
     best = _KeepBest(metric, direction, active=keep == "best")
-    try:
-        model.fit(
-            **data.fit_kwargs(batch_size),
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            verbose=verbose,
-            callbacks=[ResetPopulationStatistics(), best],
-        )
-    except Exception as error:
-        raise training_failed(error) from error
-    best.restore(model)
+    # Validation in few large steps, grouped like training batches (bln_search.evaluation).
+    groups = None if data.is_dataset else batch_size
+    physical = (
+        None if data.is_dataset else evaluation_batch_size(model, batch_size, data.validation_size)
+    )
+    with grouped_inference(model, groups):
+        try:
+            model.fit(
+                **data.fit_kwargs(batch_size, evaluation_batch_size=physical),
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                verbose=verbose,
+                callbacks=[ResetPopulationStatistics(), best],
+            )
+        except Exception as error:
+            raise training_failed(error) from error
+        best.restore(model)  # inside: the weights it restores include the grouping
     metrics = evaluate(model, data.validation, batch_size, prefix="val_")
     if output is not None:
         model.save(output)
@@ -126,10 +133,19 @@ class _KeepBest(keras.callbacks.Callback):
 
 
 def evaluate(model, data, batch_size: int, prefix: str) -> dict[str, float]:
-    """`model.evaluate` on `(x, y)` arrays (batched like training) or a dataset, names prefixed."""
+    """`model.evaluate` on `(x, y)` arrays (batched like training) or a dataset, names prefixed.
+
+    Arrays are evaluated in large steps grouped by `batch_size`: the values of batches
+    of `batch_size` (see `bln_search.evaluation`).
+    """
+    from bln_search.evaluation import evaluation_batch_size
+    from bln_search.layer_tools import grouped_inference
+
     try:
         if isinstance(data, tuple):
-            metrics = model.evaluate(*data, batch_size=batch_size, verbose=0, return_dict=True)
+            physical = evaluation_batch_size(model, batch_size, len(keras.tree.flatten(data[0])[0]))
+            with grouped_inference(model, batch_size):
+                metrics = model.evaluate(*data, batch_size=physical, verbose=0, return_dict=True)
         else:
             metrics = model.evaluate(data, verbose=0, return_dict=True)
     except Exception as error:

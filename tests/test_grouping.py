@@ -223,3 +223,16 @@ def test_the_evaluation_batch_is_whole_groups_within_the_budget():
     assert per_sample == (64 * 64 * 32 + 64 * 64 * 64) * 4  # the input and the convolution
     chosen = evaluation_batch_size(big, 3, samples=10_000)
     assert chosen % 3 == 0 and chosen * per_sample <= MEMORY_BUDGET < (chosen + 3) * per_sample
+
+
+@pytest.mark.slow
+def test_train_and_its_validation_metrics_are_those_of_batch_by_batch_evaluation(data):
+    config = bln_search.StatisticsConfig(False, False, True, False)  # reads the current batch
+    model, metrics, _ = bln_search.train(models.build, data, config, epochs=2, batch_size=5)
+    layer = bln_search.find_bln_layers(model)[0]
+    assert float(keras.ops.convert_to_numpy(layer._group_variable)) == 0.0  # not left grouped
+    x, y = data.validation
+    one_by_one = model.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
+    assert metrics["val_loss"] == pytest.approx(one_by_one["loss"], rel=1e-5)
+    whole_batch = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
+    assert abs(whole_batch["loss"] - one_by_one["loss"]) > 1e-4  # the grouping mattered
