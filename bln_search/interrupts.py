@@ -5,10 +5,11 @@ The CLI's handler makes each of the three signals raise `Interrupted`, a
 stops exactly as on Ctrl-C and exits with 128 + the signal's number.
 
 Python raises `KeyboardInterrupt` wherever the main thread happens to be. If that is
-inside a `__del__` (TensorFlow runs many, e.g. when a dataset iterator is freed),
-Python prints "Exception ignored" and carries on: the interrupt is lost. So the
-handler also sets a flag, and the training loops check it after every batch
-and raise again.
+inside a `__del__` or a weakref callback (TensorFlow runs many, e.g. when a
+dataset iterator is freed), Python prints "Exception ignored" with a traceback
+and carries on: the interrupt is lost. So the handler also sets a flag, the
+training loops check it after every batch and raise again, and an unraisable
+`Interrupted` is not printed.
 
 Where a trial's results are being stored, half a write is worse than none (a
 trial left RUNNING, a finished training stored as interrupted): code there
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -61,10 +63,18 @@ def install() -> Callable[[], None]:
     for signum in SIGNALS:
         if signum == signal.SIGINT or previous[signum] is not signal.SIG_IGN:
             signal.signal(signum, _handler)
+    previous_hook = sys.unraisablehook
+
+    def unraisable(report) -> None:
+        if not isinstance(report.exc_value, Interrupted):  # ours is raised again by `check`
+            previous_hook(report)
+
+    sys.unraisablehook = unraisable
 
     def restore() -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
         _reset()
 
     return restore

@@ -256,3 +256,31 @@ def test_a_signal_during_the_final_writes_lets_them_finish(
     assert not study.get_trials(states=(RUNNING,))
     complete = {t.number for t in study.trials if t.state == COMPLETE}
     assert observer.trained <= complete  # finished training is never stored as interrupted
+
+
+def test_a_signal_inside_a_finalizer_prints_no_traceback_and_is_raised_again(monkeypatch):
+    """Python cannot raise from a `__del__`: it hands the exception to `sys.unraisablehook`,
+    whose default prints "Exception ignored ... Traceback". Ours stays silent; `check` raises."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    restore = interrupts.install()
+    try:
+
+        class FreedDuringASignal:
+            def __del__(self):
+                interrupts._handler(signal.SIGINT, None)  # as if Ctrl-C arrived right here
+
+        FreedDuringASignal()
+        with pytest.raises(interrupts.Interrupted):
+            interrupts.check()
+        other = RuntimeError("not ours")
+
+        class FreedWithAnotherError:
+            def __del__(self):
+                raise other
+
+        FreedWithAnotherError()
+    finally:
+        restore()
+    assert [report.exc_value for report in seen] == [other]  # only the foreign one reported
+    assert sys.unraisablehook == seen.append
