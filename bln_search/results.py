@@ -118,13 +118,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame["duration_s"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
     frame["_order"] = frame["state"].map(_STATE_ORDER)
     # A factory's own searched values make another candidate of the same flags.
-    frame["params"] = [
-        params_text({k: v for k, v in trials[n].params.items() if k not in FLAG_NAMES})
-        for n in frame["number"]
+    # Keyed by the exact values: the shown text rounds them, and two runs of the same flags
+    # at 0.012341 and 0.012344 are still two candidates.
+    own = [
+        {k: v for k, v in trials[n].params.items() if k not in FLAG_NAMES} for n in frame["number"]
     ]
+    frame["params"] = [params_text(values) for values in own]
     frame["_candidate"] = [
-        (c.label if c is not None else m) + (f" {p}" if p else "")
-        for c, m, p in zip(frame["config"], frame["model"], frame["params"])
+        (c.label if c is not None else m) + (f" {sorted(v.items())!r}" if v else "")
+        for c, m, v in zip(frame["config"], frame["model"], own)
     ]
     frame = frame.sort_values(
         ["_order", "value"], ascending=[True, direction == "minimize"], na_position="last"
@@ -275,8 +277,10 @@ def export_document(study: optuna.Study) -> dict:
     """The versioned JSON document of the study's best configuration, per batch size too.
 
     `config` is the winner at the smallest batch size searched (the only one,
-    usually); `by_batch_size` holds every batch size's winner with its mean,
-    standard deviation and number of seeds.
+    usually), `params` its factory's own searched values; `by_batch_size` holds
+    every batch size's winner with its mean, standard deviation, number of
+    seeds, best epoch and own values (`bln_search.config.training_plan` reads
+    them back).
     """
     found = winners(study)
     if not found:
@@ -291,12 +295,15 @@ def export_document(study: optuna.Study) -> dict:
     trial = study.trials[int(first["trial"])]
 
     def entry(row):
+        best = study.trials[int(row["trial"])]
         return {
             "config": StatisticsConfig.from_row(row).as_dict(),
             "value": float(row[metric]),
             "std": None if pd.isna(row[f"{metric}_std"]) else float(row[f"{metric}_std"]),
             "seeds": int(row["seeds"]),
             "trial": int(row["trial"]),
+            "best_epoch": best.user_attrs.get(ATTR_BEST_EPOCH),
+            "params": {k: v for k, v in best.params.items() if k not in FLAG_NAMES},
         }
 
     training["batch_size"] = min(found)

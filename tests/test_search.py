@@ -337,3 +337,32 @@ def test_a_sampler_that_repeats_itself_still_finishes_its_budget(data, storage):
         n_trials=3,
     )
     assert len(distinct_work(study)) == 3
+
+
+def test_own_values_that_round_alike_are_still_separate_rows_and_exported_per_batch_size():
+    """Rows were keyed by the shown text (4 digits), so a second `lr` could hide behind the first."""
+    from tests.helpers import synthetic_study
+
+    study = synthetic_study({})
+    flags = bln_search.StatisticsConfig(True, True, False, False)
+    distributions = {
+        **{n: optuna.distributions.CategoricalDistribution([False, True]) for n in flags.as_dict()},
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True),
+    }
+    for value, lr, batch_size in ((0.5, 0.012341, 16), (0.4, 0.012344, 16), (0.3, 0.2, 32)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value,
+                params={**flags.as_dict(), "lr": lr},
+                distributions=distributions,
+                user_attrs={"seed": 0, "batch_size": batch_size, "best_epoch": 2},
+            )
+        )
+    board = bln_search.leaderboard(study)
+    assert list(board["batch_size"]) == [16, 16, 32]
+    assert list(board["val_loss"]) == [0.4, 0.5, 0.3]
+    document = bln_search.export_document(study)
+    assert document["params"] == {"lr": 0.012344}
+    assert document["by_batch_size"]["16"]["params"] == {"lr": 0.012344}
+    assert document["by_batch_size"]["32"]["params"] == {"lr": 0.2}
+    assert document["by_batch_size"]["32"]["best_epoch"] == 2
