@@ -161,6 +161,24 @@ class Data:
         return kwargs
 
     @property
+    def train_size(self) -> int | None:
+        """The number of training samples, for arrays (None for a dataset)."""
+        if self.is_dataset:
+            return None
+        import keras
+
+        return len(keras.tree.flatten(self.train[0])[0])
+
+    def check_batch_size(self, batch_size: int, doing: str = "train") -> None:
+        """`DataError` for array data too small for `batch_size`: Keras would quietly use fewer."""
+        samples = self.train_size
+        if samples is not None and batch_size > samples:
+            raise DataError(
+                f"cannot {doing} at batch size {batch_size}: the training data has only "
+                f"{samples} samples, so every batch would hold {samples}"
+            )
+
+    @property
     def validation_size(self) -> int | None:
         """The number of validation samples, for arrays (None for a dataset)."""
         if self.is_dataset:

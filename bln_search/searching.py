@@ -327,6 +327,8 @@ def _batch_sizes(data: Data, batch_size) -> list[int]:
         else list(dict.fromkeys(batch_size))
     )
     if not data.is_dataset:
+        for size in requested or []:
+            data.check_batch_size(size, doing="search")
         return requested or [32]
     real = data.dataset_batch_size()
     if requested is not None and requested != [real]:

@@ -134,6 +134,10 @@ BAD_RUNS = [
     ),
     (["--model", f"{FIX}:build", "--sampler", "tpe"], "needs --trials"),
     (
+        ["--model", f"{FIX}:build", "--batch-sizes", "8,97"],
+        "cannot search at batch size 97: the training data has only 96 samples",
+    ),
+    (
         ["--model", f"{FIX}:build", "--strategy", "per-trial", "--configs-per-training", "4"],
         "--configs-per-training only applies to the shared strategy",
     ),
