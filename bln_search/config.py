@@ -25,10 +25,12 @@ __all__ = [
     "FLAG_NAMES",
     "ConfigError",
     "StatisticsConfig",
+    "TrainingPlan",
     "all_configurations",
     "config_document",
     "load_config",
     "parse_config_document",
+    "training_plan",
 ]
 
 
@@ -191,3 +193,99 @@ def load_document(path) -> dict:
     from pathlib import Path
 
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How to train the final model, read from an exported document (see `training_plan`).
+
+    `found_at` is the batch size whose winner `config` and `params` are; it
+    differs from `batch_size` only when a batch size the search did not try was
+    asked for.
+    """
+
+    config: StatisticsConfig
+    batch_size: int | None
+    epochs: int
+    seed: int
+    params: dict
+    metric: str
+    direction: str
+    found_at: int | None
+
+
+def training_plan(
+    document: Mapping,
+    *,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    source: str = "the export",
+) -> TrainingPlan:
+    """What `train` should do with an exported document; each argument given overrides it.
+
+    By default: the batch size the winner was found at (`training.batch_size`),
+    the search's epochs and seed, and the winner's own values of a factory that
+    takes a `trial` (`params`). A `batch_size` the search tried (`by_batch_size`)
+    takes *that* batch size's winner, flags and values alike; one it did not try
+    keeps the exported winner. Exports of an older bln-search load too; where one
+    lacks what a choice needs (the epochs, a batch size's values), this raises
+    `ConfigError` saying what to pass, rather than guessing.
+    """
+    config = parse_config_document(document, source)
+    parts = {key: document.get(key) or {} for key in ("training", "by_batch_size", "params")}
+    parts["metric"] = document.get("metric") or {}
+    wrong = [f'"{key}"' for key, value in parts.items() if not isinstance(value, Mapping)]
+    if wrong:
+        raise ConfigError(f"{source}: {', '.join(wrong)} must be JSON objects")
+    training, by_batch_size, params, metric = parts.values()
+    found_at = _int_or_none(training.get("batch_size"))
+    if found_at is None and by_batch_size:
+        if not all(str(b).isdigit() for b in by_batch_size):
+            raise ConfigError(f"{source}: by_batch_size must be keyed by batch sizes")
+        found_at = min(int(b) for b in by_batch_size)
+    if batch_size is None:
+        batch_size = found_at
+    elif str(batch_size) in by_batch_size and batch_size != found_at:
+        entry = by_batch_size[str(batch_size)]
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{source}: by_batch_size {batch_size} must be a JSON object")
+        try:
+            config = StatisticsConfig.from_mapping(entry.get("config"))
+        except ConfigError as error:
+            raise ConfigError(f"{source}: by_batch_size {batch_size}: {error}") from None
+        if "params" in entry:
+            params = entry["params"] or {}
+            if not isinstance(params, Mapping):
+                raise ConfigError(
+                    f'{source}: by_batch_size {batch_size}: "params" must be a JSON object'
+                )
+        elif params:  # an older export: only the first winner's values were recorded
+            raise ConfigError(
+                f"{source} records the factory's own values of the winner at batch size "
+                f"{found_at} only, not of the one at {batch_size}: export the study again"
+            )
+        found_at = batch_size
+    if epochs is None:
+        epochs = _int_or_none(training.get("epochs"))
+        if epochs is None:
+            raise ConfigError(
+                f"{source} does not record the search's epochs: pass the number of epochs "
+                "(`epochs`)"
+            )
+    if seed is None:
+        seed = _int_or_none(training.get("seed")) or 0
+    return TrainingPlan(
+        config=config,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+        params=dict(params),
+        metric=metric.get("name", "val_loss"),
+        direction=metric.get("direction", "minimize"),
+        found_at=found_at,
+    )
+
+
+def _int_or_none(value) -> int | None:
+    return value if type(value) is int else None

@@ -25,7 +25,7 @@ def train(
     config: StatisticsConfig,
     *,
     epochs: int,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
     metric: str = "val_loss",
@@ -43,8 +43,11 @@ def train(
     restores the weights (population statistics included) of the epoch with the
     best `metric` under `config`; `"last"` keeps the last epoch's.
     `initial_model` continues a saved `.keras` model from `initial_epoch`
-    (fine-tuning, or the rest of a training). Returns `(model, validation
-    metrics dict, best epoch)`; the metrics are measured under `config`.
+    (fine-tuning, or the rest of a training). `batch_size`: 32 for arrays by
+    default (the whole set if smaller); a batched dataset trains at its own, and any other is refused, as
+    is one larger than the training set (Keras would quietly train at the
+    set's size). Returns `(model, validation metrics dict, best epoch)`; the
+    metrics are measured under `config`.
     """
     from bln_search.evaluation import evaluation_batch_size
     from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
@@ -55,8 +58,17 @@ def train(
         raise UsageError(f"`output` must end in .keras, got {output}")
     if output is not None and not Path(output).parent.is_dir():  # known now, not after training
         raise UsageError(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    if initial_epoch and initial_model is None:
+        raise UsageError(
+            "`initial_epoch` continues a saved model: name it with `initial_model`, or leave "
+            "`initial_epoch` out to train from scratch"
+        )
     if initial_epoch >= epochs:
-        raise UsageError(f"`initial_epoch` ({initial_epoch}) must be below `epochs` ({epochs})")
+        raise UsageError(
+            f"`initial_epoch` ({initial_epoch}) must be below `epochs` ({epochs}), the epoch "
+            "the training ends at"
+        )
+    batch_size = training_batch_size(data, batch_size)
     keras.utils.set_random_seed(seed)
     model = _initial_model(model_factory, params, initial_model)
     check_data_fits_model(data, model)
@@ -83,6 +95,24 @@ def train(
     if output is not None:
         model.save(output)
     return model, metrics, best.epoch
+
+
+def training_batch_size(data: Data, batch_size: int | None) -> int:
+    """The batch size `data` really trains at, or `UsageError` where it cannot be `batch_size`."""
+    if data.is_dataset:
+        real = data.dataset_batch_size()
+        if batch_size is not None and batch_size != real:
+            raise UsageError(
+                f"cannot train at batch size {batch_size}: the training dataset comes batched "
+                f"at {real}, which sets the batch size; batch it with .batch({batch_size})"
+            )
+        return real
+    if batch_size is None:  # as the search's default, and what Keras does with a smaller set
+        return min(32, data.train_size)
+    if batch_size < 1:
+        raise UsageError(f"`batch_size` must be at least 1, got {batch_size}")
+    data.check_batch_size(batch_size)
+    return batch_size
 
 
 def _initial_model(model_factory, params, initial_model):

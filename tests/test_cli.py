@@ -455,6 +455,7 @@ def test_train_replays_a_trial_factory_s_values_and_continues_a_saved_model(tmp_
     )
     assert more.exit_code == 0, more.output
     assert "trained epochs 3-3" in more.stderr and "kept epoch 3 (last)" in more.stderr
+    assert f"trained epochs 3-3 from {first} at batch size 16" in more.stderr
 
 
 def test_train_keeps_the_best_epoch_on_validation(data):
@@ -466,3 +467,150 @@ def test_train_keeps_the_best_epoch_on_validation(data):
     assert best["val_loss"] == pytest.approx(min(curve), rel=1e-5)
     model, last, epoch = bln_search.train(models.build_jumpy, data, config, epochs=6, keep="last")
     assert last["val_loss"] == pytest.approx(model.history.history["val_loss"][-1], rel=1e-5)
+
+
+def export_file(tmp_path, **training):
+    """An export as `bln-search export` writes it: batch sizes 8 and 16, 2 epochs, seed 0."""
+    from bln_search.config import StatisticsConfig, config_document
+
+    winners = {8: StatisticsConfig(True, True, False, False), 16: StatisticsConfig()}
+    winners[16] = StatisticsConfig(False, False, False, True)
+    own = training.pop("params", {})
+    document = config_document(
+        winners[8], metric="val_loss", value=0.5, direction="minimize", study="s", trial=0,
+        extra={
+            "training": {"epochs": 2, "batch_size": 8, "seed": 0, **training},
+            "params": own,
+            "by_batch_size": {
+                str(b): {"config": c.as_dict(), "value": 0.5, "params": own}
+                for b, c in winners.items()
+            },
+        },
+    )  # fmt: skip
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def train_cli(tmp_path, *args, model="build"):
+    result = CliRunner().invoke(
+        app,
+        ["train", "-m", f"{FIX}:{model}", "-c", str(tmp_path / "best.json")]
+        + ["-o", str(tmp_path / "m.keras"), *args],
+    )
+    assert result.exit_code == 0, result.output
+    return result.stderr.strip().splitlines()[-1]
+
+
+def saved(tmp_path):
+    import keras
+
+    return keras.saving.load_model(tmp_path / "m.keras")
+
+
+def trained_at(model) -> int:
+    """The batch size the saved model's BLN layers were trained at (the layer records it)."""
+    return int(bln_search.find_bln_layers(model)[0].training_batch_size.numpy())
+
+
+def test_train_defaults_come_from_the_export(tmp_path):
+    """`train` trained at 32 and 10 epochs whatever the search had used."""
+    export_file(tmp_path)
+    line = train_cli(tmp_path)
+    assert line.startswith("trained epochs 1-2 at batch size 8, seed 0, under BM BV -- --;"), line
+    model = saved(tmp_path)
+    assert trained_at(model) == 8 and model.optimizer.iterations.numpy() == 2 * 96 // 8
+
+
+def test_train_replays_a_trial_factory_s_exported_values(tmp_path):
+    """A `trial` factory was called without a trial: 'NoneType' has no 'suggest_float'."""
+    export_file(tmp_path, params={"learning_rate": 0.0123})
+    line = train_cli(tmp_path, model="build_with_trial")
+    assert "at batch size 8, seed 0, under BM BV -- --, learning_rate=0.0123;" in line, line
+    assert float(saved(tmp_path).optimizer.learning_rate.numpy()) == pytest.approx(0.0123)
+
+
+def test_train_at_another_searched_batch_size_takes_that_batch_size_s_winner(tmp_path):
+    export_file(tmp_path)
+    line = train_cli(tmp_path, "--batch-size", "16")
+    assert "at batch size 16, seed 0, under -- -- -- FV;" in line, line
+    layer = bln_search.find_bln_layers(saved(tmp_path))[0]
+    assert layer.statistics_config == bln_search.StatisticsConfig(False, False, False, True)
+    line = train_cli(tmp_path, "--batch-size", "12")
+    assert "under BM BV -- -- (the winner at batch size 8; the search did not try 12);" in line
+
+
+@pytest.mark.parametrize(
+    "args, training, message",
+    [
+        (["--batch-size", "97"], {}, "the training data has only 96 samples"),
+        (["--data", f"{FIX}:data_batched_dataset"], {},
+         "the training dataset comes batched at 16, which sets the batch size; batch it with "
+         ".batch(8) (the winner in"),
+        (["--data", f"{FIX}:data_batched_dataset", "--batch-size", "8"], {"batch_size": 16},
+         "cannot train at batch size 8: the training dataset comes batched at 16"),
+        (["--initial-epoch", "1"], {}, "--initial-epoch continues a saved model: name it with --from"),
+        ([], {"epochs": None}, "does not record the search's epochs: pass the number of epochs (--epochs)"),
+        (["--from", "missing.keras", "--initial-epoch", "2"], {},
+         "--initial-epoch (2) must be below --epochs (2)"),
+    ],
+)  # fmt: skip
+def test_train_refuses_what_the_data_or_flags_make_impossible(tmp_path, args, training, message):
+    export_file(tmp_path, **training)
+    result = CliRunner().invoke(
+        app,
+        ["train", "-m", f"{FIX}:build", "-c", str(tmp_path / "best.json")]
+        + ["-o", str(tmp_path / "m.keras"), *args],
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_train_keeps_the_best_epoch_and_says_so(tmp_path):
+    """`train` kept the last epoch, worse than the best, without a word."""
+    export_file(tmp_path, epochs=6, batch_size=32)
+    best = train_cli(tmp_path, model="build_jumpy")
+    last = train_cli(tmp_path, "--keep-last", model="build_jumpy")
+    epoch = int(best.split("kept epoch ")[1].split()[0])
+    assert epoch < 6 and "(best on validation)" in best and "kept epoch 6 (last)" in last
+
+    def loss(line):
+        return float(line.split("val_loss ")[1].split(";")[0])
+
+    assert loss(best) < loss(last)
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["terminal", "quiet"])
+def test_train_shows_keras_progress_on_a_terminal(tmp_path, quiet):
+    """`train` said nothing for as long as it trained; now Keras's bar, on stderr, unless -q."""
+    import pty
+
+    export_file(tmp_path)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [str(BIN / "bln-search"), "train", "-m", f"{FIX}:build", "-c", "best.json"]
+        + ["-o", "m.keras"] + (["-q"] if quiet else []),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )  # fmt: skip
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    stdout = process.stdout.read()
+    assert process.wait(timeout=120) == 0, b"".join(chunks).decode()
+    shown = b"".join(chunks).decode()
+    assert stdout == b""  # results only there, and `train` has none
+    assert ("Epoch 2/2" in shown and "━" in shown) is not quiet, shown
+    assert shown.strip().splitlines()[-1].startswith("trained epochs 1-2 at batch size 8"), shown

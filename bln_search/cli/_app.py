@@ -103,6 +103,10 @@ _FLAGS = {
     "pruner": "--pruner",
     "baselines": "--baselines",
     "storage": "--storage",
+    "epochs": "--epochs",
+    "seed": "--seed",
+    "initial_epoch": "--initial-epoch",
+    "initial_model": "--from",
 }
 
 

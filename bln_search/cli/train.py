@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,10 @@ def train(
         int | None,
         typer.Option(
             min=1,
-            help="Training batch size (array data). Default: the one the winner was found at.",
+            help=(
+                "Training batch size (array data). Default: the one the winner was found at; "
+                "another the search tried takes its winner."
+            ),
             show_default=False,
         ),
     ] = None,
@@ -60,52 +64,78 @@ def train(
             "--keep-last", help="Keep the last epoch's weights, not the best epoch on validation."
         ),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="No progress bar, only the last line (none off a terminal)."
+        ),
+    ] = False,
 ):
     """Final training (or fine-tuning) under an exported configuration; saves the model.
 
     Defaults come from the export: the batch size the winner was found at, the
-    search's epochs and seed, and a `trial` factory's own searched values.
+    search's epochs and seed, and a `trial` factory's own searched values. A
+    --batch-size the search tried takes that batch size's winner.
     """
-    from bln_search.config import StatisticsConfig, load_document
+    import contextlib
+
+    from bln_search.config import load_document, training_plan
+    from bln_search.errors import DataError, UsageError
 
     document = load_document(config)  # validate before anything slow
-    statistics = StatisticsConfig.from_mapping(document["config"])
-    training = document.get("training") or {}
-    epochs = epochs or int(training.get("epochs", 10))
-    batch_size = batch_size or int(training.get("batch_size", 32))
-    seed = int(training.get("seed", 0)) if seed is None else seed
-    params = document.get("params") or {}
-    metric = document.get("metric") or {}
+    plan = training_plan(
+        document, batch_size=batch_size, epochs=epochs, seed=seed, source=str(config)
+    )
     output_path(output)
     console = stderr()
     quiet_libraries(tensorflow=True)
     from bln_search.loading import load_data, resolve_callable
     from bln_search.training import train as train_model
+    from bln_search.training import training_batch_size
 
     factory = resolve_callable(model)
     data_ = load_data(data, model)
-    _, metrics, best_epoch = train_model(
-        factory,
-        data_,
-        statistics,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        params=params,
-        metric=metric.get("name", "val_loss"),
-        direction=metric.get("direction", "minimize"),
-        keep="last" if keep_last else "best",
-        initial_model=start_from,
-        initial_epoch=initial_epoch,
-        verbose=1 if console.is_terminal else 0,
-        output=output,
-    )
+    try:
+        real_batch_size = training_batch_size(data_, plan.batch_size)
+    except (UsageError, DataError) as error:
+        if batch_size is not None or plan.batch_size is None:
+            raise
+        raise type(error)(f"{error} (the winner in {config} was found at it)") from None
+    # Keras writes its progress bar to stdout, which stays free of anything but results.
+    progress = not quiet and sys.stderr.isatty()
+    with contextlib.redirect_stdout(sys.stderr) if progress else contextlib.nullcontext():
+        _, metrics, best_epoch = train_model(
+            factory,
+            data_,
+            plan.config,
+            epochs=plan.epochs,
+            batch_size=real_batch_size,
+            seed=plan.seed,
+            params=plan.params,
+            metric=plan.metric,
+            direction=plan.direction,
+            keep="last" if keep_last else "best",
+            initial_model=start_from,
+            initial_epoch=initial_epoch,
+            verbose=1 if progress else 0,
+            output=output,
+        )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    kept = f"epoch {epochs} (last)" if keep_last else f"epoch {best_epoch} (best on validation)"
-    own = "".join(f", {k}={v!r}" for k, v in params.items())
+    kept = (
+        f"epoch {plan.epochs} (last)" if keep_last else f"epoch {best_epoch} (best on validation)"
+    )
+    # A saved model keeps the values it was built with; the export's are not replayed then.
+    own = "" if start_from else "".join(f", {k}={v!r}" for k, v in plan.params.items())
+    found = (
+        ""
+        if plan.found_at in (None, real_batch_size)
+        else f" (the winner at batch size {plan.found_at}; the search did not try {real_batch_size})"
+    )
+    start = f" from {start_from}" if start_from is not None else ""
     console.print(
-        f"trained epochs {initial_epoch + 1}-{epochs} at batch size {batch_size}, seed {seed}, "
-        f"under {statistics.label}{own}; kept {kept}: {shown}; saved {output}",
+        f"trained epochs {initial_epoch + 1}-{plan.epochs}{start} at batch size "
+        f"{real_batch_size}, seed {plan.seed}, under {plan.config.label}{found}{own}; kept "
+        f"{kept}: {shown}; saved {output}",
         highlight=False,
         markup=False,
         soft_wrap=True,  # one line, however long: scripts read it
