@@ -21,6 +21,7 @@ _EXPORTS = {
     "FLAG_NAMES": "bln_search.config",
     "all_configurations": "bln_search.config",
     "load_config": "bln_search.config",
+    "training_plan": "bln_search.config",
     "BLNSearchError": "bln_search.errors",
     "SearchInterrupted": "bln_search.errors",
     "search": "bln_search.searching",
