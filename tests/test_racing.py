@@ -79,7 +79,7 @@ def test_a_training_stops_after_patience_epochs_without_improvement(data, storag
         study_name="still",
         storage=storage,
         epochs=20,
-        batch_size=128,  # one batch per epoch: the same statistics, the same loss every epoch
+        batch_size=96,  # one batch per epoch: the same statistics, the same loss every epoch
         patience=2,
         pruner=None,
     )
