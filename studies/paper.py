@@ -93,10 +93,12 @@ def through_cache(dataset: Dataset, load):
     try:
         return load()
     except Exception as error:
+        if os.path.exists(target):  # the file is there: reading it failed, not downloading it
+            raise
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         state = (
-            "is in Keras's cache but does not match its published hash"
-            if cached
+            "was in Keras's cache but did not match its published hash"
+            if cached  # and Keras removed it after trying to download it again
             else "is not in Keras's cache"
         )
         raise DatasetUnavailable(

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 import bln_search
 from bln_search.cli import app
+from bln_search.errors import DatasetUnavailable
 from studies import cifar10_cnn, imdb_lstm, paper
 
 PER_BATCH = 8  # CIFAR-10 images per stand-in batch file: 40 training images, 8 test ones
@@ -146,3 +147,13 @@ def test_offline_and_not_cached_is_one_line(keras_home, tmp_path, study, dataset
     assert lines[0].startswith(f"error: {dataset.name} ({dataset.size}) is not in Keras's cache")
     assert str(keras_home / dataset.cached_name) in lines[0] and dataset.origin in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_a_cached_file_that_fails_its_hash_is_named_as_such(keras_home):
+    (keras_home / paper.IMDB.cached_name).write_bytes(b"not the IMDB archive")
+    with pytest.raises(DatasetUnavailable) as raised:
+        imdb_lstm.load_data()
+    assert str(raised.value).startswith(
+        "IMDB (17 MB) was in Keras's cache but did not match its published hash"
+    )
+    assert "\n" not in str(raised.value)
