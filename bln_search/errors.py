@@ -32,7 +32,16 @@ class UserCodeError(BLNSearchError):
 
 
 class DataError(BLNSearchError):
-    """The training or validation data has the wrong structure, shapes or size."""
+    """The training or validation data has the wrong structure, shapes or size.
+
+    A data function may raise it (or a subclass) itself: its message is shown
+    as written, as the one `error:` line, instead of `load_data() raised ...`.
+    """
+
+
+class DatasetUnavailable(DataError):
+    """A dataset is neither in Keras's download cache nor downloadable (offline, or a failed
+    download); the message names the dataset, its size and the file to put in the cache."""
 
 
 class StorageError(BLNSearchError):

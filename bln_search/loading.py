@@ -87,11 +87,12 @@ def call_user(fn: Callable[..., Any], what: str, *args, **kwargs):
     """Calls user code, turning anything it raises into a one-line `UserCodeError`.
 
     Anything: also `SystemExit` and other `BaseException`s that are not `Exception`s.
-    Only an interrupt (Ctrl-C, SIGTERM, SIGHUP) passes, to stop the search as usual.
+    An interrupt (Ctrl-C, SIGTERM, SIGHUP) passes, to stop the search as usual, and so
+    does a `DataError` the function raised on purpose (a study's "dataset not downloaded").
     """
     try:
         return fn(*args, **kwargs)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, DataError):  # a DataError is user code saying what to do
         raise
     except SystemExit as error:
         raise UserCodeError(f"{what} called sys.exit({error.code!r})") from None
