@@ -4,33 +4,82 @@ from __future__ import annotations
 
 import io
 
+import optuna
+import pytest
 from rich.console import Console
 
 import bln_search
 from bln_search.cli.progress import LiveProgress
+from bln_search.trials import config_of
 from tests.fixtures import models
 
 
-def test_the_live_display_shows_evaluations_and_the_leader_mid_training(data, storage):
-    console = Console(width=80, force_terminal=True, color_system=None)
-    seen = []
+def render(renderable) -> str:
+    """What an 80-column terminal shows of `renderable`, as plain text."""
+    console = Console(record=True, width=80, force_terminal=True, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory):
+    """A real shared search (16 configurations, 2 epochs of 3 batches) and frames of its display."""
+    frames = {}
 
     class Watch(LiveProgress):
+        def snap(self, moment):
+            frames.setdefault(moment, (render(self.progress), self.progress.tasks[0].completed))
+
+        def on_batch_end(self, epoch, epochs, batch, batches):
+            super().on_batch_end(epoch, epochs, batch, batches)
+            self.snap(("batch", epoch, batch))
+
         def on_epoch_end(self, number, epoch, epochs, value):
             super().on_epoch_end(number, epoch, epochs, value)
-            if epoch == 1 and len(self.epoch_values) == 8:  # halfway through the first epoch
-                frame = Console(record=True, width=80, color_system=None, file=io.StringIO())
-                frame.print(self.progress.make_tasks_table(self.progress.tasks))
-                seen.append((frame.export_text(), self.progress.tasks[0].completed))
+            if epoch == 1 and len(self.epoch_values) == 8:  # halfway through the evaluations
+                self.snap("evaluating")
 
+    storage = f"sqlite:///{tmp_path_factory.mktemp('progress') / 'study.db'}"
+    data = bln_search.check_data(models.load_data())
+    console = Console(width=80, force_terminal=True, file=io.StringIO())
     with Watch(console, "val_loss") as progress:
         bln_search.search(
             models.build, data, study_name="live", storage=storage, epochs=2, observer=progress
         )
-    text, completed = seen[0]
-    line = [row for row in text.splitlines() if "trials" in row][-1]
-    assert "epoch 1/2 8/16 evaluated, leader" in line, line
-    assert completed == 8 * 0.5 and "4/16" in line  # 16 configurations, half of epoch 1 each...
-    assert all(len(row) <= 80 for row in text.splitlines()), [
-        r for r in text.splitlines() if len(r) > 80
-    ]
+    return frames, optuna.load_study(study_name="live", storage=storage)
+
+
+def rows(text: str, first: str) -> str:
+    return next(row for row in text.splitlines() if row.startswith(first))
+
+
+def test_the_epoch_row_shows_the_batches_then_the_evaluations(watched):
+    frames, _ = watched
+    text, _ = frames[("batch", 1, 1)]  # the first batch of each epoch is always reported
+    assert "batch 1/3" in rows(text, "epoch"), text
+    assert "1/2" in rows(text, "epoch")  # the epoch among the epochs
+    text, completed = frames["evaluating"]
+    assert "evaluating 8/16 · leader" in rows(text, "epoch"), text
+    # The bar has 8 evaluations of 16 configurations' 2 epochs: 4 trials' worth; none is done.
+    assert completed == 8 * 0.5 and "0/16" in rows(text, "trials"), text
+    for text, _ in frames.values():
+        assert all(len(row) <= 80 for row in text.splitlines()), text
+
+
+def test_the_leader_is_the_best_stored_value_of_the_last_evaluated_epoch(watched):
+    frames, study = watched
+    text, _ = frames[("batch", 2, 1)]
+    first_epoch = {t.intermediate_values[0]: t for t in study.trials}
+    best = min(first_epoch)
+    label = config_of(first_epoch[best]).label
+    assert f"batch 1/3 · leader {label} {best:.4f}" in rows(text, "epoch"), text
+
+
+def test_a_long_status_gives_way_to_the_bar_and_counts():
+    display = LiveProgress(Console(file=io.StringIO()), "val_sparse_categorical_accuracy")
+    display.on_search_start(optuna.create_study(), 16)
+    display.on_trial_start(15, None)
+    display.on_epoch_end(15, 10, 100, 0.6522)
+    row = rows(render(display.progress), "trials")
+    assert row.startswith("trials ━━━━━━━━━━━━  0/16 0:00:00 #15 baseline epoch 10/100"), row
+    assert row.endswith("…") and len(row) == 80, row
