@@ -1,4 +1,4 @@
-"""The live display moves during a shared training and fits an 80-column terminal."""
+"""The live display moves during a shared training, and it and the final table fit 80 columns."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from rich.console import Console
 
 import bln_search
 from bln_search.cli.progress import LiveProgress
+from bln_search.cli.results import print_leaderboard
+from bln_search.formats import rich_table
+from bln_search.results import leaderboard
 from bln_search.trials import config_of
 from tests.fixtures import models
 
@@ -73,6 +76,35 @@ def test_the_leader_is_the_best_stored_value_of_the_last_evaluated_epoch(watched
     best = min(first_epoch)
     label = config_of(first_epoch[best]).label
     assert f"batch 1/3 · leader {label} {best:.4f}" in rows(text, "epoch"), text
+
+
+def test_the_final_table_fits_80_columns_with_whole_headers(watched):
+    _, study = watched
+    console = Console(record=True, width=80, force_terminal=True, file=io.StringIO())
+    print_leaderboard(study, "table", console)
+    text = console.export_text()
+    assert "best ep." in text and "state" in text and "too narrow for" in text, text
+    assert_whole_headers(text)
+
+
+def test_several_seeds_and_baselines_fit_80_columns_too(watched):
+    _, study = watched
+    frame = leaderboard(study)
+    frame["seeds"] = 2
+    frame["val_loss_std"] = 0.0123
+    frame["vs_winner"] = ["winner"] + ["tie"] * (len(frame) - 1)
+    frame["p_value"] = 0.5
+    frame.loc[len(frame) - 1, "model"] = "BatchNormalization"
+    text = render(rich_table(frame, title="several seeds", width=80))
+    assert "± 0.0123" in text and "BatchNormalization" in text and "vs winner" in text, text
+    assert_whole_headers(text)
+
+
+def assert_whole_headers(text: str) -> None:
+    lines = text.splitlines()
+    header = next(row for row in lines if row.startswith("┃"))
+    assert "…" not in header, header
+    assert all(len(row) <= 80 for row in lines), text
 
 
 def test_a_long_status_gives_way_to_the_bar_and_counts():
