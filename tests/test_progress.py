@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import optuna
 import pytest
@@ -49,6 +50,7 @@ def watched(tmp_path_factory):
         bln_search.search(
             models.build, data, study_name="live", storage=storage, epochs=2, observer=progress
         )
+        frames["end"] = (render(progress.progress), progress.progress.tasks[0].completed)
     return frames, optuna.load_study(study_name="live", storage=storage)
 
 
@@ -67,6 +69,15 @@ def test_the_epoch_row_shows_the_batches_then_the_evaluations(watched):
     assert completed == 8 * 0.5 and "0/16" in rows(text, "trials"), text
     for text, _ in frames.values():
         assert all(len(row) <= 80 for row in text.splitlines()), text
+
+
+def test_the_trials_row_ends_with_every_trial_counted_and_the_best_whole(watched):
+    frames, study = watched
+    text, completed = frames["end"]
+    best = study.best_value
+    assert completed == 16 and "epoch" not in text, text  # the epoch row left with its training
+    ending = rf" 16/16 [0-9:]+ seed 0 bs 32 16 configs best val_loss {best:.4f}$"
+    assert re.search(ending, rows(text, "trials").rstrip()), text
 
 
 def test_the_leader_is_the_best_stored_value_of_the_last_evaluated_epoch(watched):

@@ -212,7 +212,8 @@ class LiveProgress(SearchObserver):
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
         self.fractions.pop(trial.number, None)
         self.finished = self._refresh()
-        self._trials(status=self._status(trial.state.name.lower()))
+        # In a shared training one configuration's end says little: the count and best say it.
+        self._trials(status=self._status("" if self.shared else trial.state.name.lower()))
         if not self.shared:
             self.progress.update(self.epoch_task, visible=False)
 
