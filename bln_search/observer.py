@@ -8,7 +8,7 @@ from bln_search.config import StatisticsConfig
 from bln_search.trials import TrainingSetup
 
 BATCH_EVENT_SECONDS = 0.1
-"""The least time between two `on_batch_end` events of an epoch: rich redraws 10 times a second."""
+"""The least time between two `on_batch_start` events of an epoch: rich redraws 10 times a second."""
 
 
 class SearchObserver:
@@ -28,11 +28,11 @@ class SearchObserver:
     def on_trial_start(self, number: int, config: StatisticsConfig | None) -> None:
         """A trial starts; `config` is None for a baseline."""
 
-    def on_batch_end(self, epoch: int, epochs: int, batch: int, batches: int | None) -> None:
-        """Training finished batch `batch` of `batches` (None if unknown) in epoch `epoch` of `epochs`.
+    def on_batch_start(self, epoch: int, epochs: int, batch: int, batches: int | None) -> None:
+        """Training starts batch `batch` (1-based) of `batches` (None if unknown) in epoch `epoch`.
 
         Sent for the first batch of each epoch, then at most every `BATCH_EVENT_SECONDS`, so
-        a display costs training next to nothing; Keras may send it from a thread of its own.
+        a display costs training next to nothing.
         """
 
     def on_evaluation_start(self, epoch: int, epochs: int, configs: int) -> None:
@@ -63,8 +63,8 @@ class Forwarding(SearchObserver):
     def on_trial_start(self, number, config):
         self.inner.on_trial_start(number, config)
 
-    def on_batch_end(self, epoch, epochs, batch, batches):
-        self.inner.on_batch_end(epoch, epochs, batch, batches)
+    def on_batch_start(self, epoch, epochs, batch, batches):
+        self.inner.on_batch_start(epoch, epochs, batch, batches)
 
     def on_evaluation_start(self, epoch, epochs, configs):
         self.inner.on_evaluation_start(epoch, epochs, configs)

@@ -34,8 +34,8 @@ def watched(tmp_path_factory):
         def snap(self, moment):
             frames.setdefault(moment, (render(self.progress), self.progress.tasks[0].completed))
 
-        def on_batch_end(self, epoch, epochs, batch, batches):
-            super().on_batch_end(epoch, epochs, batch, batches)
+        def on_batch_start(self, epoch, epochs, batch, batches):
+            super().on_batch_start(epoch, epochs, batch, batches)
             self.snap(("batch", epoch, batch))
 
         def on_epoch_end(self, number, epoch, epochs, value):

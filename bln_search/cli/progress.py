@@ -81,7 +81,6 @@ class LiveProgress(SearchObserver):
         self.evaluating = 0  # configurations evaluated in this epoch (shared mode)
         self.epoch_values: dict[int, float] = {}  # this epoch's values so far, by trial
         self.leader_values: dict[int, float] = {}  # the last fully evaluated epoch's values
-        self.batch = (0, 0)  # (epoch, batch) last shown
         self.finished = 0
 
     def __enter__(self):
@@ -132,7 +131,7 @@ class LiveProgress(SearchObserver):
 
     def _start_training(self) -> None:
         """The epoch row starts over (its clock too) for a new training."""
-        self.epoch_values, self.leader_values, self.batch = {}, {}, (0, 0)
+        self.epoch_values, self.leader_values = {}, {}
         self.progress.reset(self.epoch_task, total=None, visible=True, count="", status="starting")
 
     def on_search_start(self, study: optuna.Study, planned: int | None) -> None:
@@ -168,15 +167,12 @@ class LiveProgress(SearchObserver):
             self._trials(status=self._status("starting"))
             self._start_training()
 
-    def on_batch_end(self, epoch: int, epochs: int, batch: int, batches: int | None) -> None:
-        if (epoch, batch) <= self.batch:  # Keras's threads may deliver an older one late
-            return
-        self.batch = (epoch, batch)
+    def on_batch_start(self, epoch: int, epochs: int, batch: int, batches: int | None) -> None:
         of = f"/{batches}" if batches else ""
         self.progress.update(
             self.epoch_task,
             total=batches,
-            completed=batch,
+            completed=batch - 1,
             count=f"{epoch}/{epochs}",
             status=f"batch {batch}{of}{self._leader()}",
         )

@@ -130,17 +130,16 @@ def training_logs_value(logs: dict, metric: str, epoch: int) -> float:
 
 
 def batch_events(observer: SearchObserver, epochs: int):
-    """A Keras callback that tells `observer` how far the epoch's batches are (`on_batch_end`).
+    """A Keras callback that tells `observer` how far the epoch's batches are (`on_batch_start`).
 
     Throttled: the first batch of each epoch, then at most every
-    `BATCH_EVENT_SECONDS`. It reads no logs, so Keras may run it on a thread
-    of its own (`async_safe`) without waiting for a batch's results.
+    `BATCH_EVENT_SECONDS`. It hooks the start of a batch, which has no logs:
+    a batch-end hook would have Keras turn every batch's logs into Python
+    numbers, waiting for the batch's results.
     """
     import keras
 
     class BatchEvents(keras.callbacks.Callback):
-        async_safe = True
-
         def __init__(self):
             super().__init__()
             self.epoch, self.sent = 0, -math.inf
@@ -148,10 +147,11 @@ def batch_events(observer: SearchObserver, epochs: int):
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch, self.sent = epoch, -math.inf
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_train_batch_begin(self, batch, logs=None):
             now = time.monotonic()
             if now - self.sent >= BATCH_EVENT_SECONDS:
                 self.sent = now
-                observer.on_batch_end(self.epoch + 1, epochs, batch + 1, self.params.get("steps"))
+                steps = self.params.get("steps")
+                observer.on_batch_start(self.epoch + 1, epochs, batch + 1, steps)
 
     return BatchEvents()
