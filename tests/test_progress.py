@@ -14,7 +14,7 @@ from bln_search.cli.progress import LiveProgress
 from bln_search.cli.results import print_leaderboard
 from bln_search.formats import rich_table
 from bln_search.results import leaderboard
-from bln_search.trials import config_of
+from bln_search.trials import TrainingSetup, config_of
 from tests.fixtures import models
 
 
@@ -126,3 +126,19 @@ def test_a_long_status_gives_way_to_the_bar_and_counts():
     row = rows(render(display.progress), "trials")
     assert row.startswith("trials ━━━━━━━━━━━━  0/16 0:00:00 #15 baseline epoch 10/100"), row
     assert row.endswith("…") and len(row) == 80, row
+
+
+def test_the_epoch_row_leaves_when_a_failed_training_has_told_its_trials():
+    study = optuna.create_study()
+    display = LiveProgress(Console(file=io.StringIO()), "val_loss")
+    display.on_search_start(study, 16)
+    trials = [study.ask() for _ in range(2)]
+    display.on_training_start(TrainingSetup(seed=0, batch_size=32), [None, None])
+    for trial in trials:
+        display.on_trial_start(trial.number, None)
+    display.on_batch_start(1, 2, 1, 3)
+    assert "batch 1/3" in rows(render(display.progress), "epoch")
+    for trial in trials:  # the training raised: no on_training_end follows
+        display.on_trial_end(study.tell(trial, state=optuna.trial.TrialState.FAIL))
+    text = render(display.progress)
+    assert "epoch" not in text and "0/16" in rows(text, "trials"), text  # failures run again

@@ -155,9 +155,6 @@ class LiveProgress(SearchObserver):
         self._trials(status=self._status())
         self._start_training()
 
-    def on_training_end(self, setup: TrainingSetup, epochs: int) -> None:
-        self.progress.update(self.epoch_task, visible=False)
-
     def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
         self.labels[number] = config.label if config else "baseline"
         if self.shared:
@@ -210,7 +207,7 @@ class LiveProgress(SearchObserver):
         self.finished = self._refresh()
         # In a shared training one configuration's end says little: the count and best say it.
         self._trials(status=self._status("" if self.shared else trial.state.name.lower()))
-        if not self.shared:
+        if not self.shared or not self.fractions:  # its training is over, even a failed one
             self.progress.update(self.epoch_task, visible=False)
 
 
