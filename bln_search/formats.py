@@ -92,9 +92,13 @@ _VERDICT_STYLE = {
     "n/a": "dim",
 }
 _HIDDEN = {*FLAG_NAMES, "model", "batch_size"}
+# What a narrow terminal keeps, most telling first: `rank` (with `statistics`), the ranked
+# metric, these, the other columns (other metrics, a factory's params), then the last ones.
+_KEPT_FIRST = ("vs_winner", "state")
+_KEPT_LAST = ("p_value", "best_epoch", "seeds", "epochs", "trial", "duration_s")
 
 
-def rich_table(frame: pd.DataFrame, title: str | None = None):
+def rich_table(frame: pd.DataFrame, title: str | None = None, width: int | None = None):
     """A compact rich Table of one batch size's leaderboard.
 
     The four flags show as one `statistics` column: `BM BV FM FV` name the
@@ -102,7 +106,50 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
     mean, feature variance), `--` the current batch; baselines show their
     normalization there instead. With several seeds the metric reads
     `mean ± std`.
+
+    With a `width` (the terminal's), columns that would not fit whole are left
+    out, least telling first (time, trial, epochs, seeds, best epoch, p, then
+    the other metrics), and the caption names them: rich would otherwise
+    squeeze every column, headers and values alike, into `…`.
     """
+    std_columns = {c for c in frame.columns if c.endswith("_std")}
+    several_seeds = "seeds" in frame.columns and (frame["seeds"] > 1).any()
+    shown = [c for c in frame.columns if c not in _HIDDEN and c not in std_columns]
+    if not several_seeds:
+        shown = [c for c in shown if c not in ("seeds", "vs_winner", "p_value")]
+    else:  # room for mean ± std and the verdict; the rest is in --format csv/json
+        shown = [c for c in shown if c not in ("epochs", "trial", "duration_s")]
+    if width is None:
+        return _table(frame, shown, title, several_seeds)
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=width)
+    ranked = [c for c in shown if f"{c}_std" in frame.columns]
+    first = ["rank", *ranked, *_KEPT_FIRST]
+    by_importance = [
+        *(c for c in first if c in shown),
+        *(c for c in shown if c not in first and c not in _KEPT_LAST),
+        *(c for c in _KEPT_LAST if c in shown),
+    ]
+    kept: list[str] = []
+    for column in by_importance:
+        trying = [c for c in shown if c in kept or c == column]
+        table = _table(frame, trying, title, several_seeds)
+        needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+        if needed <= width or not kept:
+            kept.append(column)
+    left_out = [c for c in shown if c not in kept]
+    return _table(frame, [c for c in shown if c in kept], title, several_seeds, left_out)
+
+
+def _table(
+    frame: pd.DataFrame,
+    shown: list[str],
+    title: str | None,
+    several_seeds: bool,
+    left_out: list[str] | None = None,
+):
     import pandas as pd
     from rich.markup import escape
     from rich.table import Table
@@ -111,16 +158,14 @@ def rich_table(frame: pd.DataFrame, title: str | None = None):
     from bln_search.config import StatisticsConfig
 
     caption = "BM/BV/FM/FV: population batch mean/var, feature mean/var; --: current batch"
-    if "vs_winner" in frame.columns and frame["vs_winner"].isin(["tie", "worse", "better"]).any():
+    if "vs_winner" in shown and frame["vs_winner"].isin(["tie", "worse", "better"]).any():
         caption += "; vs winner: Welch's t-test over seeds at 5%"
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    std_columns = {c for c in frame.columns if c.endswith("_std")}
-    several_seeds = "seeds" in frame.columns and (frame["seeds"] > 1).any()
-    shown = [c for c in frame.columns if c not in _HIDDEN and c not in std_columns]
-    if not several_seeds:
-        shown = [c for c in shown if c not in ("seeds", "vs_winner", "p_value")]
-    else:  # room for mean ± std and the verdict; the rest is in --format csv/json
-        shown = [c for c in shown if c not in ("epochs", "trial", "duration_s")]
+    if left_out:
+        names = ", ".join(_HEADERS.get(c, c) for c in left_out)
+        caption += f"; too narrow for {names} (see --format csv)"
+    table = Table(
+        title=title, title_justify="left", caption=escape(caption), caption_justify="left"
+    )
     for column in shown:
         table.add_column(
             Text(_HEADERS.get(column, column)),  # a metric's name is the user's text

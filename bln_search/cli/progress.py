@@ -21,46 +21,66 @@ from bln_search.trials import (
 
 
 class LiveProgress(SearchObserver):
-    """Trial i of n, the running configuration, its epoch and metric, and the best so far.
+    """Two rows: the trials, and the training running now.
 
-    In a shared training the bar also moves with every evaluation: each live
-    configuration counts the fraction of its epochs done, so 16 configurations
-    halfway through read as 8 trials' worth; the status names the epoch, how
-    many configurations were evaluated in it, and the leader at that epoch.
+    The `trials` row counts finished trials (of all workers, read from the
+    storage when a trial ends) and names what trains and the best value so
+    far. Its bar also fills with every evaluation of a shared training: each
+    live configuration adds its share of the epochs done, so 16 configurations
+    halfway through fill half of a 16-trial bar while the count still reads 0.
+
+    The `epoch` row follows the training within the epoch: a bar over its
+    batches (from a throttled Keras callback, never a storage read), then in
+    a shared training over its evaluations, `evaluating k/16`, with the leader:
+    the best value reported at the last fully evaluated epoch (the trials'
+    intermediate values, as stored), or so far in the first.
     """
 
     def __init__(self, console, metric: str):
         from rich.progress import (
             BarColumn,
-            MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
         )
         from rich.table import Column
+        from rich.text import Text
+
+        class Status(ProgressColumn):
+            """One line, cut with `…`: rich narrows only wrappable columns before all others."""
+
+            def render(self, task):
+                text = Text.from_markup(task.fields["status"], overflow="ellipsis")
+                text.no_wrap = True
+                return text
 
         self.metric = metric
         self.progress = Progress(
-            TextColumn("[bold]trials", table_column=Column(no_wrap=True, min_width=6)),
+            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, min_width=6)),
             BarColumn(bar_width=12, table_column=Column(min_width=12)),
-            MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=5)),
-            TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
-            # On a narrow terminal the status gives way, not the trial count or the time.
             TextColumn(
-                "{task.fields[status]}",
-                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+                "{task.fields[count]}",
+                justify="right",
+                table_column=Column(no_wrap=True, min_width=5),
             ),
+            TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+            # On a narrow terminal the status gives way, not the bars, counts or time.
+            Status(table_column=Column(ratio=1)),
             console=console,
             transient=False,
         )
         self.task = None
+        self.epoch_task = None
         self.best = None
         self.direction = "minimize"
         self.current = ""
-        self.shared_epoch = None  # the epoch a shared training is in, None in per-trial mode
+        self.shared = False  # in a shared training: evaluations fill the trials bar
         self.labels: dict[int, str] = {}  # trial number -> what it runs
         self.fractions: dict[int, float] = {}  # live trial -> fraction of its epochs done
-        self.epoch_values: dict[int, float] = {}  # this epoch's values, by trial (shared mode)
+        self.evaluating = 0  # configurations evaluated in this epoch (shared mode)
+        self.epoch_values: dict[int, float] = {}  # this epoch's values so far, by trial
+        self.leader_values: dict[int, float] = {}  # the last fully evaluated epoch's values
         self.finished = 0
 
     def __enter__(self):
@@ -71,8 +91,16 @@ class LiveProgress(SearchObserver):
         self.progress.stop()
 
     def _status(self, epoch_text: str = "") -> str:
-        best = "–" if self.best is None else f"{self.best:.4f}"
-        return f"{self.current} {escape(epoch_text)} [dim]best {escape(self.metric)}[/] {best}"
+        best = "" if self.best is None else f"[dim]best {escape(self.metric)}[/] {self.best:.4f}"
+        return " ".join(part for part in (self.current, escape(epoch_text), best) if part)
+
+    def _leader(self) -> str:
+        values = self.leader_values or self.epoch_values
+        if not values:
+            return ""
+        pick = min if self.direction == "minimize" else max
+        leader = pick(values, key=values.__getitem__)
+        return f" · leader [cyan]{escape(self.labels.get(leader, '?'))}[/] {values[leader]:.4f}"
 
     def _refresh(self) -> int:
         """Finished trials and the best BLN value so far, read from the storage: other workers count too."""
@@ -91,16 +119,29 @@ class LiveProgress(SearchObserver):
         )
         return min(finished, self.planned or finished)
 
-    def _completed(self) -> float:
+    def _trials(self, **fields) -> None:
         done = self.finished + sum(self.fractions.values())
-        return min(done, self.planned) if self.planned else done
+        count = f"{self.finished}/{self.planned}" if self.planned else str(self.finished)
+        self.progress.update(
+            self.task,
+            completed=min(done, self.planned) if self.planned else done,
+            count=count,
+            **fields,
+        )
+
+    def _start_training(self) -> None:
+        """The epoch row starts over (its clock too) for a new training."""
+        self.epoch_values, self.leader_values = {}, {}
+        self.progress.reset(self.epoch_task, total=None, visible=True, count="", status="starting")
 
     def on_search_start(self, study: optuna.Study, planned: int | None) -> None:
         self.study, self.planned = study, planned
         self.direction = study.direction.name.lower()
         self.finished = self._refresh()
-        self.task = self.progress.add_task(
-            "search", total=planned, completed=self._completed(), status=self._status()
+        self.task = self.progress.add_task("trials", total=planned, count="", status="")
+        self._trials(status=self._status())
+        self.epoch_task = self.progress.add_task(
+            "epoch", total=None, visible=False, count="", status=""
         )
 
     def on_training_start(self, setup: TrainingSetup, configs: list[StatisticsConfig]) -> None:
@@ -110,42 +151,64 @@ class LiveProgress(SearchObserver):
             else f"{len(configs)} configs"
         )
         self.current = f"seed {setup.seed} bs {setup.batch_size} [cyan]{what}[/]"
-        self.shared_epoch = 0
-        self.progress.update(self.task, status=self._status("starting"))
+        self.shared = True
+        self._trials(status=self._status())
+        self._start_training()
 
     def on_trial_start(self, number: int, config: StatisticsConfig) -> None:
         self.labels[number] = config.label if config else "baseline"
-        if self.shared_epoch is not None:
+        if self.shared:
             self.fractions[number] = 0.0  # live in this training, no epoch evaluated yet
-        if self.shared_epoch is None:
+        else:
             self.current = f"#{number} [cyan]{config.label if config else 'baseline'}[/]"
-            self.progress.update(self.task, status=self._status("starting"))
+            self._trials(status=self._status("starting"))
+            self._start_training()
+
+    def on_batch_start(self, epoch: int, epochs: int, batch: int, batches: int | None) -> None:
+        of = f"/{batches}" if batches else ""
+        self.progress.update(
+            self.epoch_task,
+            total=batches,
+            completed=batch - 1,
+            count=f"{epoch}/{epochs}",
+            status=f"batch {batch}{of}{self._leader()}",
+        )
+
+    def on_evaluation_start(self, epoch: int, epochs: int, configs: int) -> None:
+        if self.epoch_values:  # the previous epoch is fully evaluated now
+            self.leader_values, self.epoch_values = self.epoch_values, {}
+        self.evaluating = configs
+        self.progress.update(
+            self.epoch_task,
+            total=configs,
+            completed=0,
+            count=f"{epoch}/{epochs}",
+            status=f"evaluating 0/{configs}{self._leader()}",
+        )
 
     def on_epoch_end(self, number: int, epoch: int, epochs: int, value: float) -> None:
-        if self.shared_epoch is None:
-            self.progress.update(
-                self.task, status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}")
-            )
-        else:
-            if epoch != self.shared_epoch:
-                self.shared_epoch, self.epoch_values = epoch, {}
-            self.epoch_values[number] = value
-            self.fractions[number] = epoch / epochs
-            pick = min if self.direction == "minimize" else max
-            leader = pick(self.epoch_values, key=self.epoch_values.__getitem__)
-            status = (  # the leader at this epoch stands in for the best so far
-                f"epoch {epoch}/{epochs} {len(self.epoch_values)}/{len(self.fractions)} evaluated,"
-                f" leader [cyan]{escape(self.labels.get(leader, '?'))}[/]"
-                f" {self.epoch_values[leader]:.4f}"
-            )
-            self.progress.update(self.task, completed=self._completed(), status=status)
+        if not self.shared:
+            self._trials(status=self._status(f"epoch {epoch}/{epochs} {self.metric} {value:.4f}"))
+            return
+        self.epoch_values[number] = value
+        self.fractions[number] = epoch / epochs
+        done = len(self.epoch_values)
+        if done == self.evaluating:  # every live configuration has reported this epoch
+            self.leader_values = self.epoch_values
+        self.progress.update(
+            self.epoch_task,
+            completed=done,
+            status=f"evaluating {done}/{self.evaluating}{self._leader()}",
+        )
+        self._trials()
 
     def on_trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
         self.fractions.pop(trial.number, None)
         self.finished = self._refresh()
-        self.progress.update(
-            self.task, completed=self._completed(), status=self._status(trial.state.name.lower())
-        )
+        # In a shared training one configuration's end says little: the count and best say it.
+        self._trials(status=self._status("" if self.shared else trial.state.name.lower()))
+        if not self.shared or not self.fractions:  # its training is over, even a failed one
+            self.progress.update(self.epoch_task, visible=False)
 
 
 class LogProgress(SearchObserver):

@@ -44,7 +44,7 @@ def print_leaderboard(study, fmt: str = "table", to=None) -> None:
         title = escape(
             f"{study.study_name}{size}: {len(group)} candidates by {metric} ({direction})"
         )
-        to.print(rich_table(group, title=title))
+        to.print(rich_table(group, title=title, width=to.width))
 
 
 @app.command()

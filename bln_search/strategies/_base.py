@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -11,7 +13,7 @@ import optuna
 from bln_search.errors import MetricNotReported
 from bln_search.interrupts import check as check_interrupt
 from bln_search.loading import Data
-from bln_search.observer import SearchObserver
+from bln_search.observer import BATCH_EVENT_SECONDS, SearchObserver
 from bln_search.sources import TrialSource
 from bln_search.trials import check_finite
 
@@ -125,3 +127,31 @@ def training_logs_value(logs: dict, metric: str, epoch: int) -> float:
     if metric not in logs:
         raise MetricNotReported(metric, logs)
     return check_finite(metric, logs[metric], epoch)
+
+
+def batch_events(observer: SearchObserver, epochs: int):
+    """A Keras callback that tells `observer` how far the epoch's batches are (`on_batch_start`).
+
+    Throttled: the first batch of each epoch, then at most every
+    `BATCH_EVENT_SECONDS`. It hooks the start of a batch, which has no logs:
+    a batch-end hook would have Keras turn every batch's logs into Python
+    numbers, waiting for the batch's results.
+    """
+    import keras
+
+    class BatchEvents(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch, self.sent = 0, -math.inf
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.sent = epoch, -math.inf
+
+        def on_train_batch_begin(self, batch, logs=None):
+            now = time.monotonic()
+            if now - self.sent >= BATCH_EVENT_SECONDS:
+                self.sent = now
+                steps = self.params.get("steps")
+                observer.on_batch_start(self.epoch + 1, epochs, batch + 1, steps)
+
+    return BatchEvents()

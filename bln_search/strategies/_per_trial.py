@@ -11,7 +11,7 @@ from bln_search.interrupts import Deferral, interrupt_checker
 from bln_search.interrupts import check as check_interrupt
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
-from bln_search.strategies._base import Strategy, training_logs_value
+from bln_search.strategies._base import Strategy, batch_events, training_logs_value
 from bln_search.trials import (
     ATTR_STRATEGY,
     ATTR_WORKER,
@@ -131,6 +131,7 @@ class PerTrialStrategy(Strategy):
             configure(model, config)
         callbacks = [
             ResetPopulationStatistics(),
+            batch_events(observer, settings.epochs),
             Recorder(),
             KerasPruningCallback(trial, settings.metric),
             interrupt_checker(),

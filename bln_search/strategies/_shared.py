@@ -16,7 +16,7 @@ from bln_search.interrupts import Deferral, deferred, interrupt_checker
 from bln_search.interrupts import check as check_interrupt
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
-from bln_search.strategies._base import Strategy, training_logs_value
+from bln_search.strategies._base import Strategy, batch_events, training_logs_value
 from bln_search.trials import (
     ATTR_STOPPED,
     ATTR_STRATEGY,
@@ -162,6 +162,7 @@ class SharedStrategy(Strategy):
             if logs.get("loss") is not None:
                 training_logs_value(logs, "loss", epoch)
             live = [job for job in jobs if job.live]
+            observer.on_evaluation_start(epoch + 1, settings.epochs, len(live))
             for job in live:
                 check_interrupt()
                 if job.config is not None:
@@ -202,7 +203,12 @@ class SharedStrategy(Strategy):
             def on_epoch_end(self, epoch, logs=None):
                 evaluate_all(epoch, logs or {})
 
-        callbacks = [ResetPopulationStatistics(), EvaluateEveryConfiguration(), interrupt_checker()]
+        callbacks = [
+            ResetPopulationStatistics(),
+            batch_events(observer, settings.epochs),
+            EvaluateEveryConfiguration(),
+            interrupt_checker(),
+        ]
         with writes:
             try:
                 with TrialHeartbeats(
