@@ -239,10 +239,26 @@ def training_plan(
     if wrong:
         raise ConfigError(f"{source}: {', '.join(wrong)} must be JSON objects")
     training, by_batch_size, params, metric = parts.values()
+    for key, least in (("batch_size", 1), ("epochs", 1), ("seed", 0)):
+        value = training.get(key)
+        if value is not None and (type(value) is not int or value < least):
+            raise ConfigError(
+                f'{source}: training "{key}" must be a whole number >= {least}, got {value!r}'
+            )
+    if not all(str(b).isdigit() and int(b) >= 1 for b in by_batch_size):
+        raise ConfigError(f"{source}: by_batch_size must be keyed by batch sizes")
+    direction = metric.get("direction", "minimize")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(
+            f'{source}: metric "direction" must be "minimize" or "maximize", got {direction!r}'
+        )
+    metric_name = metric.get("name", "val_loss")
+    if not isinstance(metric_name, str) or not metric_name.startswith("val_"):
+        raise ConfigError(
+            f'{source}: metric "name" must be a validation metric (val_...), got {metric_name!r}'
+        )
     found_at = _int_or_none(training.get("batch_size"))
     if found_at is None and by_batch_size:
-        if not all(str(b).isdigit() for b in by_batch_size):
-            raise ConfigError(f"{source}: by_batch_size must be keyed by batch sizes")
         found_at = min(int(b) for b in by_batch_size)
     if batch_size is None:
         batch_size = found_at
@@ -281,8 +297,8 @@ def training_plan(
         epochs=epochs,
         seed=seed,
         params=dict(params),
-        metric=metric.get("name", "val_loss"),
-        direction=metric.get("direction", "minimize"),
+        metric=metric_name,
+        direction=direction,
         found_at=found_at,
     )
 

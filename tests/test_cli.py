@@ -568,6 +568,36 @@ def test_train_refuses_what_the_data_or_flags_make_impossible(tmp_path, args, tr
     assert not (tmp_path / "m.keras").exists()
 
 
+def test_train_refuses_searched_values_its_factory_cannot_take(tmp_path):
+    """An export of a `trial` factory's study, trained with a plain factory, printed the
+    searched learning rate as used (exit 0) while the factory trained at its own."""
+    export_file(tmp_path, params={"learning_rate": 0.0123})
+    result = CliRunner().invoke(
+        app,
+        ["train", "-m", f"{FIX}:build", "-c", str(tmp_path / "best.json")]
+        + ["-o", str(tmp_path / "m.keras")],
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "(learning_rate), but" in lines[0] and "takes none" in lines[0]
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_train_refuses_an_output_it_cannot_write_before_training(tmp_path):
+    """An output that is a folder was found only after the whole training: 'unexpected
+    IsADirectoryError', the trained model lost."""
+    export_file(tmp_path)
+    (tmp_path / "d.keras").mkdir()
+    result = CliRunner().invoke(
+        app,
+        ["train", "-m", f"{FIX}:build", "-c", str(tmp_path / "best.json")]
+        + ["-o", str(tmp_path / "d.keras")],
+    )
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: cannot write {tmp_path / 'd.keras'}: it is a folder"]
+
+
 def test_train_keeps_the_best_epoch_and_says_so(tmp_path):
     """`train` kept the last epoch, worse than the best, without a word."""
     export_file(tmp_path, epochs=6, batch_size=32)

@@ -151,6 +151,15 @@ def test_an_older_export_loads_and_refuses_only_what_it_cannot_know():
         ({"params": "lr=0.1"}, '"params" must be JSON objects'),
         ({"by_batch_size": {"16": [1]}}, "by_batch_size 16 must be a JSON object"),
         ({"by_batch_size": {"16": {"config": {}}}}, "by_batch_size 16: statistics configuration"),
+        # Each of these trained under a default or the wrong rule with exit 0.
+        ({"training": {"epochs": 3, "batch_size": 1, "seed": "x"}}, 'training "seed" must be'),
+        ({"training": {"epochs": 3, "batch_size": "abc"}}, 'training "batch_size" must be'),
+        ({"training": {"epochs": 2.5, "batch_size": 1}}, 'training "epochs" must be'),
+        ({"training": {"epochs": 3, "seed": -1}}, 'training "seed" must be a whole number >= 0'),
+        ({"by_batch_size": {"abc": {}}}, "by_batch_size must be keyed by batch sizes"),
+        ({"by_batch_size": {"-3": {}}}, "by_batch_size must be keyed by batch sizes"),
+        ({"metric": {"name": "val_loss", "direction": "sideways"}}, '"direction" must be'),
+        ({"metric": {"name": "loss", "direction": "minimize"}}, "must be a validation metric"),
     ],
 )
 def test_a_malformed_training_part_is_one_clear_error(changes, message):

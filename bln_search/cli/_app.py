@@ -192,8 +192,14 @@ def output_path(path: Path) -> Path:
     """`path` for a file a command will write, checked before any work: its folder must exist."""
     from bln_search.errors import UsageError
 
-    if str(path) != "-" and not path.parent.is_dir():
+    if str(path) == "-":
+        return path
+    if not path.parent.is_dir():
         raise UsageError(f"cannot write {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: no permission to write there")
     return path
 
 

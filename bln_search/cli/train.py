@@ -94,6 +94,14 @@ def train(
     from bln_search.training import training_batch_size
 
     factory = resolve_callable(model)
+    from bln_search.loading import takes_trial
+
+    if plan.params and start_from is None and not takes_trial(factory):
+        names = ", ".join(plan.params)
+        raise UsageError(
+            f"{config} records the searched values of a factory that takes a `trial` ({names}), "
+            f"but {model} takes none, so they cannot be used: pass the factory the search ran"
+        )
     data_ = load_data(data, model)
     try:
         real_batch_size = training_batch_size(data_, plan.batch_size)
