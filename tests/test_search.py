@@ -139,6 +139,25 @@ def test_pruned_trials_rank_after_complete_ones(data, storage):
         bln_search.export_document(study)
 
 
+def test_a_per_trial_training_that_ran_every_epoch_is_never_pruned(data, storage):
+    """The per-trial median pruner pruned trials at their last epoch, fully trained, and the
+    leaderboard then ranked them below worse complete ones."""
+    pruner = optuna.pruners.ThresholdPruner(upper=0.0)  # would prune at every report
+    study = bln_search.search(
+        models.build,
+        data,
+        study_name="last-epoch",
+        storage=storage,
+        epochs=1,
+        strategy="per-trial",
+        pruner=pruner,
+        sampler=optuna.samplers.RandomSampler(0),
+        n_trials=2,
+    )
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert all(len(t.intermediate_values) == 1 for t in study.trials)
+
+
 def test_changing_the_metric_of_an_existing_study_is_refused(data, storage):
     bln_search.search(
         models.build,

@@ -109,7 +109,6 @@ class PerTrialStrategy(Strategy):
         self, trial: optuna.Trial, config, setup: TrainingSetup, observer: SearchObserver
     ) -> float:
         import keras
-        from optuna_integration import KerasPruningCallback
 
         from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
 
@@ -133,7 +132,7 @@ class PerTrialStrategy(Strategy):
             ResetPopulationStatistics(),
             batch_events(observer, settings.epochs),
             Recorder(),
-            KerasPruningCallback(trial, settings.metric),
+            _prune_before_the_last_epoch(trial, settings.metric, settings.epochs),
             interrupt_checker(),
         ]
         if settings.patience:
@@ -161,3 +160,20 @@ class PerTrialStrategy(Strategy):
             writes.hold()
             curve.store(trial, time.perf_counter() - start)
         return curve.best()
+
+
+def _prune_before_the_last_epoch(trial, metric: str, epochs: int):
+    """Optuna's Keras pruning callback, except at the last epoch: a trial that trained every
+    epoch is complete, and pruning it there ranked it below worse complete trials."""
+    from optuna_integration import KerasPruningCallback
+
+    class PruneBeforeTheLastEpoch(KerasPruningCallback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 < epochs:
+                super().on_epoch_end(epoch, logs)
+                return
+            value = (logs or {}).get(metric)
+            if value is not None:
+                trial.report(float(value), step=epoch)
+
+    return PruneBeforeTheLastEpoch(trial, metric)
