@@ -257,7 +257,7 @@ def training_plan(
         raise ConfigError(
             f'{source}: metric "name" must be a validation metric (val_...), got {metric_name!r}'
         )
-    found_at = _int_or_none(training.get("batch_size"))
+    found_at = training.get("batch_size")  # each checked above: a whole number or None
     if found_at is None and by_batch_size:
         found_at = min(int(b) for b in by_batch_size)
     if batch_size is None:
@@ -283,14 +283,14 @@ def training_plan(
             )
         found_at = batch_size
     if epochs is None:
-        epochs = _int_or_none(training.get("epochs"))
+        epochs = training.get("epochs")
         if epochs is None:
             raise ConfigError(
                 f"{source} does not record the search's epochs: pass the number of epochs "
                 "(`epochs`)"
             )
     if seed is None:
-        seed = _int_or_none(training.get("seed")) or 0
+        seed = training.get("seed") or 0
     return TrainingPlan(
         config=config,
         batch_size=batch_size,
@@ -301,7 +301,3 @@ def training_plan(
         direction=direction,
         found_at=found_at,
     )
-
-
-def _int_or_none(value) -> int | None:
-    return value if type(value) is int else None

@@ -557,28 +557,27 @@ def test_train_at_another_searched_batch_size_takes_that_batch_size_s_winner(tmp
 )  # fmt: skip
 def test_train_refuses_what_the_data_or_flags_make_impossible(tmp_path, args, training, message):
     export_file(tmp_path, **training)
+    lines = refused_train(tmp_path, *args)
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "m.keras").exists()
+
+
+def refused_train(tmp_path, *args, output=None) -> list[str]:
+    """`train` of the plain fixture on tmp_path's export, which must exit 1: its stderr lines."""
     result = CliRunner().invoke(
         app,
         ["train", "-m", f"{FIX}:build", "-c", str(tmp_path / "best.json")]
-        + ["-o", str(tmp_path / "m.keras"), *args],
+        + ["-o", str(output or tmp_path / "m.keras"), *args],
     )
     assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert not (tmp_path / "m.keras").exists()
+    return result.stderr.strip().splitlines()
 
 
 def test_train_refuses_searched_values_its_factory_cannot_take(tmp_path):
     """An export of a `trial` factory's study, trained with a plain factory, printed the
     searched learning rate as used (exit 0) while the factory trained at its own."""
     export_file(tmp_path, params={"learning_rate": 0.0123})
-    result = CliRunner().invoke(
-        app,
-        ["train", "-m", f"{FIX}:build", "-c", str(tmp_path / "best.json")]
-        + ["-o", str(tmp_path / "m.keras")],
-    )
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
+    lines = refused_train(tmp_path)
     assert len(lines) == 1 and "(learning_rate), but" in lines[0] and "takes none" in lines[0]
     assert not (tmp_path / "m.keras").exists()
 
@@ -588,13 +587,7 @@ def test_train_refuses_an_output_it_cannot_write_before_training(tmp_path):
     IsADirectoryError', the trained model lost."""
     export_file(tmp_path)
     (tmp_path / "d.keras").mkdir()
-    result = CliRunner().invoke(
-        app,
-        ["train", "-m", f"{FIX}:build", "-c", str(tmp_path / "best.json")]
-        + ["-o", str(tmp_path / "d.keras")],
-    )
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
+    lines = refused_train(tmp_path, output=tmp_path / "d.keras")
     assert lines == [f"error: cannot write {tmp_path / 'd.keras'}: it is a folder"]
 
 
