@@ -16,6 +16,7 @@ from bln_search.errors import (
     first_line,
     training_failed,
 )
+from bln_search.interrupts import deferred, interrupt_checker
 from bln_search.loading import Data, build_model, check_data_fits_model
 
 
@@ -86,14 +87,15 @@ def train(
                 epochs=epochs,
                 initial_epoch=initial_epoch,
                 verbose=verbose,
-                callbacks=[ResetPopulationStatistics(), best],
+                callbacks=[ResetPopulationStatistics(), best, interrupt_checker()],
             )
         except Exception as error:
             raise training_failed(error) from error
         best.restore(model)  # inside: the weights it restores include the grouping
     metrics = evaluate(model, data.validation, batch_size, prefix="val_")
     if output is not None:
-        model.save(output)
+        with deferred():  # a signal meanwhile waits: never half a model file
+            model.save(output)
     return model, metrics, best.epoch
 
 

@@ -591,6 +591,29 @@ def test_train_refuses_an_output_it_cannot_write_before_training(tmp_path):
     assert lines == [f"error: cannot write {tmp_path / 'd.keras'}: it is a folder"]
 
 
+def test_sigterm_stops_train_in_one_line_and_saves_nothing(tmp_path):
+    """`train` installed no handler: SIGTERM killed it without a word (and a background job's
+    `kill -INT`, which a shell ignores, let it train to the end and exit 0)."""
+    import signal
+    import time
+
+    export_file(tmp_path)
+    process = subprocess.Popen(
+        [str(BIN / "bln-search"), "train", "-m", f"{FIX}:build_slow", "-q"]
+        + ["-c", str(tmp_path / "best.json"), "--epochs", "200", "-o", str(tmp_path / "m.keras")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    time.sleep(6)  # mid-training: 200 epochs of a model that pauses in every batch
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == ["error: interrupted by SIGTERM"]
+    assert not (tmp_path / "m.keras").exists()
+
+
 def test_train_keeps_the_best_epoch_and_says_so(tmp_path):
     """`train` kept the last epoch, worse than the best, without a word."""
     export_file(tmp_path, epochs=6, batch_size=32)

@@ -87,6 +87,10 @@ def train(
         document, batch_size=batch_size, epochs=epochs, seed=seed, source=str(config)
     )
     output_path(output)
+    from bln_search import interrupts
+
+    # As for `run`: SIGINT (also in a background job), SIGTERM and SIGHUP stop it in one line.
+    interrupts.install()
     console = stderr()
     quiet_libraries(tensorflow=True)
     from bln_search.loading import load_data, resolve_callable
