@@ -31,6 +31,7 @@ _EXPORTS = {
     "leaderboard": "bln_search.results",
     "export_document": "bln_search.results",
     "train": "bln_search.training",
+    "trained_model": "bln_search.checkpoints",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -145,6 +145,7 @@ def search(
     configs_per_training: int | None = None,
     workers: int = 1,
     test_data=None,
+    artifacts=None,
     observer: SearchObserver | None = None,
     study_attrs: dict[str, Any] | None = None,
 ) -> optuna.Study:
@@ -194,6 +195,12 @@ def search(
         test_data: `(x, y)` or a dataset: after the search, each batch size's
             winner is trained again and evaluated on it once; stored on the
             study as `test`, never used to choose.
+        artifacts: Where trainings keep their checkpoints (each epoch's model, to resume a
+            killed training from its last epoch, and each complete trial's best epoch,
+            for `bln_search.trained_model`): an Optuna artifact store (e.g.
+            `optuna.artifacts.Boto3ArtifactStore` for many machines), a folder (a shared
+            filesystem), `False` for none, or `None`: the folder next to an SQLite
+            storage (`bln-search.db` -> `bln-search.artifacts/`), none for a server.
         observer: Progress events (`SearchObserver`).
         study_attrs: Extra user attributes stored on a new study (e.g. the model spec).
 
@@ -295,10 +302,19 @@ def search(
             attrs,
             manifest,
         )
+        from bln_search.checkpoints import open_artifact_store, record_artifact_folder
+
+        artifact_store = open_artifact_store(artifacts, storage, study)
+        record_artifact_folder(study, artifacts)
         outcomes = _Outcomes(observer)
         outcomes.on_search_start(study, source.planned())
         runner = strategy_class(
-            model_factory, data, settings, storage=storage, first_model=(setups[0], checked_model)
+            model_factory,
+            data,
+            settings,
+            storage=storage,
+            first_model=(setups[0], checked_model),
+            artifacts=artifact_store,
         )
         try:
             runner.run(study, source, outcomes, limit=configs_per_training)

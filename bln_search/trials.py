@@ -31,6 +31,7 @@ ATTR_SEED = "seed"
 ATTR_BATCH_SIZE = "batch_size"
 ATTR_STRATEGY = "strategy"
 ATTR_WORKER = "worker"  # host:pid of the process that ran the trial
+ATTR_RESUMED = "resumed_after"  # the epoch a killed or interrupted training continued after
 ATTR_STOPPED = "stopped"  # why a training ended before its epochs (e.g. patience)
 ATTR_TRAINING = "training"  # the shared training a trial was evaluated in
 ATTR_BASELINE = "baseline"  # set on baseline trials: which normalization replaced BLN
@@ -217,6 +218,10 @@ class Curve:
     def best(self) -> float:
         return best_of(self.values, self.direction)
 
+    def best_epoch(self) -> int:
+        """The 1-based epoch of the best value (the first among equals)."""
+        return best_index(self.values, self.direction) + 1
+
     def epochs_since_best(self) -> int:
         """Epochs reported after the best one (0: the last epoch was the best so far)."""
         return len(self.values) - 1 - best_index(self.values, self.direction) if self.values else 0
@@ -225,7 +230,7 @@ class Curve:
         trial.set_user_attr(ATTR_FIT_SECONDS, round(fit_seconds, 3))
         if self.values:
             trial.set_user_attr(ATTR_HISTORY, self.values)
-            trial.set_user_attr(ATTR_BEST_EPOCH, best_index(self.values, self.direction) + 1)
+            trial.set_user_attr(ATTR_BEST_EPOCH, self.best_epoch())
             trial.set_user_attr(ATTR_EPOCHS_TRAINED, len(self.values))
         if self.others:
             trial.set_user_attr(ATTR_OTHER_METRICS, self.others)

@@ -100,15 +100,51 @@ def export(
     ] = Path("best.json"),
     study: StudyOption = None,
     storage: StorageOption = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help=(
+                "Also write the winner's own trained model (.keras): its best epoch's weights "
+                "from the search, the winning flags set; no training."
+            ),
+        ),
+    ] = None,
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            help="The artifact folder the search kept its models in. Default: the one it used."
+        ),
+    ] = None,
 ):
     """Write the best configuration as a versioned JSON document (read back by `train` and `bln_search.load_config`)."""
     import json
 
     output_path(output)
-    quiet_libraries()
+    if model is not None:
+        output_path(model)
+        if model.suffix != ".keras":
+            from bln_search.errors import UsageError
+
+            raise UsageError(f"--model must end in .keras, got {model}")
+    quiet_libraries(tensorflow=model is not None)
     from bln_search.results import export_document
 
-    document = export_document(open_study(storage, study))
+    found = open_study(storage, study)
+    document = export_document(found)
+    if model is not None:
+        from bln_search.checkpoints import trained_model
+        from bln_search.interrupts import deferred
+
+        trained, trial = trained_model(found, artifacts)
+        with deferred():  # never half a model file
+            trained.save(model)
+        document["model"] = {
+            "file": str(model),
+            "trial": trial.number,
+            "epoch": trial.user_attrs.get("model_epoch"),
+            "value": trial.value,
+        }
     text = json.dumps(document, indent=2) + "\n"
     if str(output) == "-":
         sys.stdout.write(text)

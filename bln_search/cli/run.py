@@ -53,6 +53,7 @@ class RunOptions:
     heartbeat: int = 30
     patience: int | None = 3
     eval_batch_size: int | None = None
+    artifacts: str | None = None
     quiet: bool = False
 
     def to_json(self) -> str:
@@ -255,6 +256,17 @@ def run(
             ),
         ),
     ] = None,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Folder for checkpoints (each epoch's model, to resume a killed training; each "
+                "trial's best, for export --model); shared by workers on many machines. "
+                "Default: next to an SQLite file, none for a server storage."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Plain log lines instead of the live display.")
     ] = False,
@@ -287,6 +299,7 @@ def run(
         heartbeat=heartbeat,
         patience=patience or None,
         eval_batch_size=eval_batch_size,
+        artifacts=artifacts,
         quiet=quiet,
     )
     execute(options, storage)
@@ -360,6 +373,7 @@ def execute(options: RunOptions, storage_url: str | None, foreground: bool = Tru
                 evaluation_batch_size=options.eval_batch_size,
                 workers=options.workers,
                 test_data=test_data,
+                artifacts=options.artifacts,
                 observer=progress if pool is None else StartWorkers(progress, pool),
                 study_attrs={"model": options.model, "data": options.data or "load_data()"},
             )

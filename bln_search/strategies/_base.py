@@ -61,11 +61,14 @@ class Strategy:
         settings: TrainingSettings,
         storage=None,
         first_model=None,
+        artifacts=None,
     ):
         self.model_factory = model_factory
         self.data = data
         self.settings = settings
         self.storage = storage
+        # An Optuna artifact store for checkpoints (bln_search.checkpoints), or None.
+        self.artifacts = artifacts
         # (setup, model): a model the preflight check already built under that setup's seed.
         self._ready = first_model
 

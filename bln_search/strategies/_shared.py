@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import optuna
 
+from bln_search.checkpoints import TrainingCheckpoints, job_key
 from bln_search.config import StatisticsConfig
 from bln_search.errors import MetricNotReported, failure_of
 from bln_search.heartbeats import TrialHeartbeats
@@ -18,6 +19,7 @@ from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
 from bln_search.strategies._base import Strategy, batch_events, training_logs_value
 from bln_search.trials import (
+    ATTR_RESUMED,
     ATTR_STOPPED,
     ATTR_STRATEGY,
     ATTR_TRAINING,
@@ -143,13 +145,27 @@ class SharedStrategy(Strategy):
             job.trial.set_user_attr(ATTR_TRAINING, training)
             observer.on_trial_start(job.trial.number, job.config)
         model = self._build(setup)
+        # A killed or interrupted training of the same setup continues from its last epoch.
+        checkpoints = TrainingCheckpoints(self.artifacts, study, setup, training)
+        resumed = checkpoints.resume(
+            model, [job_key(job.config) for job in jobs], settings.direction
+        )
+        initial_epoch = 0
+        if resumed is not None:
+            initial_epoch = resumed.epoch
+            for job in jobs:
+                job.curve = resumed.curves[job_key(job.config)]
+                job.trial.set_user_attr(ATTR_RESUMED, initial_epoch)
+                for step, value in enumerate(job.curve.values):
+                    job.trial.report(value, step=step)
+                    observer.on_epoch_end(job.trial.number, step + 1, settings.epochs, value)
         # Few large evaluation steps, grouped like training batches: the same metrics.
         evaluation_batch = settings.evaluation_batch(model, self.data, setup.batch_size)
         validation = self.data.validation_dataset(evaluation_batch or setup.batch_size)
         prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
         # Preflight admits only validation metrics, so every value comes from an evaluation.
         metric = settings.metric.removeprefix("val_")
-        epochs_run = [0]
+        epochs_run = [initial_epoch]
         # From the last epoch's evaluations until every trial is told, signals wait: a finished
         # training is stored complete, and the search stops after.
         writes = Deferral(held=False)
@@ -198,6 +214,12 @@ class SharedStrategy(Strategy):
                             f"no configuration improved for {settings.patience} epochs",
                         )
                 model.stop_training = True
+            checkpoints.save(
+                model,
+                epoch + 1,
+                {job_key(job.config): job.curve for job in jobs if job.live},
+                ending=epoch + 1 == settings.epochs or bool(model.stop_training),
+            )
 
         class EvaluateEveryConfiguration(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -219,6 +241,7 @@ class SharedStrategy(Strategy):
                     model.fit(
                         **self.data.fit_kwargs(setup.batch_size, validation=False),
                         epochs=settings.epochs,
+                        initial_epoch=initial_epoch,
                         verbose=0,
                         callbacks=callbacks,
                     )
@@ -226,23 +249,33 @@ class SharedStrategy(Strategy):
                 writes.hold()
                 reason, message, raised = failure_of(error)
                 _end_live(study, jobs, observer, elapsed(), reason=reason, message=message)
-                if reason == NON_FINITE:
+                if reason == NON_FINITE:  # would fail again: nothing to resume
+                    checkpoints.finish()
                     return
                 if raised is error:
                     raise
                 raise raised from error
             writes.hold()  # every configuration pruned before the last epoch
-            _end_live(study, jobs, observer, elapsed())
+            _end_live(study, jobs, observer, elapsed(), checkpoints=checkpoints)
+            checkpoints.finish()
             observer.on_training_end(setup, epochs_run[0])
 
 
 def _end_live(
-    study, jobs: list[ConfigTrial], observer, seconds: float, reason=None, message=None
+    study,
+    jobs: list[ConfigTrial],
+    observer,
+    seconds: float,
+    reason=None,
+    message=None,
+    checkpoints: TrainingCheckpoints | None = None,
 ) -> None:
-    """Completes every live job, or fails them all with `reason`."""
+    """Completes every live job (each keeping its best epoch's model), or fails them all."""
     for job in jobs:
         if job.live:
             if reason is None:
+                if checkpoints is not None:
+                    checkpoints.link(job.trial, job.curve)
                 _tell(study, job, COMPLETE, observer, seconds, value=job.curve.best())
             else:
                 _tell(study, job, FAIL, observer, seconds, reason=reason, message=message)
