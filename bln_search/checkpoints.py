@@ -30,7 +30,7 @@ import optuna
 
 from bln_search.errors import StorageError, UsageError, first_line
 from bln_search.interrupts import deferred
-from bln_search.trials import WORKER, Curve, TrainingSetup
+from bln_search.trials import ATTR_TRAINING, RUNNING, WORKER, Curve, TrainingSetup
 
 STATE_PREFIX = "bln_search:checkpoint:"
 """Study system attribute prefix: one training's resume state, keyed by the training's id."""
@@ -131,16 +131,19 @@ class TrainingCheckpoints:
         """Loads the newest checkpoint of an earlier training of this setup that holds every
         key's curve, and takes its files over; None when there is none (train from epoch 1).
 
-        Only a training whose trials were stopped leaves its configurations to be taken
-        again, so a state that holds them all is a dead training's.
+        Only a training whose trials were stopped leaves its work to be taken again, so a
+        state that holds it all is a dead training's; one whose trials still run (a sampler
+        that handed the same work to two workers at once) is never taken.
         """
         if not self.active:
             return None
         storage, study_id = self.study._storage, self.study._study_id
+        live = _live_trainings(self.study)
         for name, state in _states(self.study).items():
             if (
                 state.get("done")
                 or state.get("claimed_by")
+                or name.removeprefix(STATE_PREFIX) in live
                 or tuple(state.get("setup", ())) != _setup_key(self.setup)
                 or not set(keys) <= set(state.get("jobs", {}))
                 or str(state.get("epoch")) not in state.get("files", {})
@@ -346,6 +349,15 @@ def model_of(trial: optuna.trial.FrozenTrial, storage, store):
 def _states(study: optuna.Study) -> dict[str, dict]:
     attrs = study._storage.get_study_system_attrs(study._study_id)
     return {k: v for k, v in attrs.items() if k.startswith(STATE_PREFIX) and isinstance(v, dict)}
+
+
+def _live_trainings(study: optuna.Study) -> set[str]:
+    """The trainings (`ATTR_TRAINING`) of the study's running trials."""
+    return {
+        t.user_attrs[ATTR_TRAINING]
+        for t in study.get_trials(deepcopy=False, states=(RUNNING,))
+        if ATTR_TRAINING in t.user_attrs
+    }
 
 
 def _linked_epochs(study: optuna.Study, files: dict[int, str]) -> set[int]:

@@ -16,13 +16,18 @@ import optuna
 from bln_search.config import all_configurations
 from bln_search.errors import UsageError
 from bln_search.trials import (
+    ATTR_FAIL_REASON,
     ATTR_QUEUED,
+    ATTR_REQUEUED_FROM,
     COMPLETE,
+    FAIL,
+    INTERRUPTED,
     PRUNED,
     RUNNING,
     STUDY_GRID_READY,
     WAITING,
     TrainingSetup,
+    config_of,
     is_done,
     is_duplicate,
     is_repeat,
@@ -160,6 +165,28 @@ class SamplerSource(TrialSource):
     def prepare(self, study: optuna.Study, created: bool) -> None:
         if not created:  # a resume or a second worker: not the first process's suggestions again
             study.sampler.reseed_rng()
+            self.recover(study)
+
+    def recover(self, study: optuna.Study) -> None:
+        """Queues the work of interrupted trials again (their flags, setup and the factory's
+        own values), so the same command continues them from their last checkpoint instead
+        of sampling other work. A killed worker's trials are queued by the storage's
+        heartbeat retry (`bln_search.storage`)."""
+        trials = study.get_trials(deepcopy=False)
+        taken_up = {t.user_attrs.get(ATTR_REQUEUED_FROM) for t in trials}
+        done = {work_key(t) for t in trials if is_done(t) or t.state == RUNNING}
+        for trial in trials:
+            if (
+                trial.state != FAIL
+                or trial.user_attrs.get(ATTR_FAIL_REASON) != INTERRUPTED
+                or trial.number in taken_up
+                or config_of(trial) is None  # stopped before its flags were suggested
+                or work_key(trial) in done
+            ):
+                continue
+            setup = setup_of(trial)
+            attrs = {**(setup_attrs(setup) if setup else {}), ATTR_REQUEUED_FROM: trial.number}
+            study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
     def planned(self) -> int:
         return self.n_trials

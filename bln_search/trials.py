@@ -36,6 +36,7 @@ ATTR_STOPPED = "stopped"  # why a training ended before its epochs (e.g. patienc
 ATTR_TRAINING = "training"  # the shared training a trial was evaluated in
 ATTR_BASELINE = "baseline"  # set on baseline trials: which normalization replaced BLN
 ATTR_REPEAT_OF = "repeat_of"  # a sampled repeat, answered from this earlier trial's result
+ATTR_REQUEUED_FROM = "requeued_from"  # a sampler's interrupted trial whose work this one takes up
 ATTR_QUEUED = (
     "queued_config"  # set on queued grid trials, so their configuration is known while they wait
 )

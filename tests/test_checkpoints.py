@@ -92,6 +92,59 @@ def test_an_interrupted_training_resumes_from_its_last_epoch_with_an_uninterrupt
     assert kept and set(os.listdir(folder)) == kept
 
 
+class StopTrialAt(bln_search.SearchObserver):
+    """Raises Ctrl-C at the end of a per-trial training's epoch `epoch`, after earlier epochs were saved."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trial_number, epoch, epochs, value):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_per_trial_training_resumes_its_own_values_from_its_last_epoch(
+    data, tmp_path, deterministic
+):
+    """A factory that searches its learning rate: the re-run takes the interrupted trial's
+    flags and learning rate again, continues after epoch 2, and keeps its best model."""
+    from bln_search.layer_tools import grouped_inference
+
+    factory = models.build_adam_dropout_with_trial
+
+    def search(name, storage, **more):
+        sampler = optuna.samplers.RandomSampler(0)
+        return bln_search.search(
+            factory, data, study_name=name, storage=storage, sampler=sampler, n_trials=1,
+            epochs=5, batch_size=16, pruner=None, patience=None, **more,
+        )  # fmt: skip
+
+    whole = search("whole", f"sqlite:///{tmp_path / 'a.db'}")
+    storage = f"sqlite:///{tmp_path / 'b.db'}"
+    with pytest.raises(SearchInterrupted):
+        search("cut", storage, observer=StopTrialAt(3))
+    resumed = search("cut", storage)
+    [expected] = whole.get_trials(states=(COMPLETE,))
+    [found] = resumed.get_trials(states=(COMPLETE,))
+    assert found.params == expected.params
+    assert found.user_attrs.get("resumed_after") == 2  # epochs 1-2 were not trained again
+    np.testing.assert_allclose(
+        [found.intermediate_values[e] for e in range(5)],
+        [expected.intermediate_values[e] for e in range(5)],
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    # The trial keeps its best epoch's model; nothing else stays in the store.
+    metas = optuna.artifacts.get_all_artifact_meta(found, storage=resumed._storage)
+    assert {m.artifact_id for m in metas} == set(os.listdir(tmp_path / "b.artifacts"))
+    model, trial = bln_search.trained_model(resumed)
+    assert trial.number == found.number
+    _, (x, y) = models.load_data()
+    with grouped_inference(model, 16):
+        value = model.evaluate(x, y, batch_size=48, verbose=0, return_dict=True)["loss"]
+    assert value == pytest.approx(found.value, rel=1e-5)
+
+
 def test_export_model_writes_the_winner_s_trained_model_without_training(tmp_path):
     import keras
 

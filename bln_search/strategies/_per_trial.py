@@ -6,6 +6,8 @@ import time
 
 import optuna
 
+from bln_search.checkpoints import TrainingCheckpoints, job_key
+from bln_search.config import FLAG_NAMES
 from bln_search.errors import TrialFailed, failure_of
 from bln_search.interrupts import Deferral, interrupt_checker
 from bln_search.interrupts import check as check_interrupt
@@ -13,9 +15,12 @@ from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
 from bln_search.strategies._base import Strategy, batch_events, training_logs_value
 from bln_search.trials import (
+    ATTR_RESUMED,
     ATTR_STRATEGY,
+    ATTR_TRAINING,
     ATTR_WORKER,
     DUPLICATE,
+    FINAL_FAILURES,
     WORKER,
     Curve,
     TrainingSetup,
@@ -103,18 +108,37 @@ class PerTrialStrategy(Strategy):
         earlier = source.repeat_of(study, trial)
         if earlier is not None:  # the sampler repeated itself: the stored result answers
             return answer_repeat(trial, earlier)
-        return self._train(trial, config, setup, observer)
+        return self._train(study, trial, config, setup, observer)
 
     def _train(
-        self, trial: optuna.Trial, config, setup: TrainingSetup, observer: SearchObserver
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        config,
+        setup: TrainingSetup,
+        observer: SearchObserver,
     ) -> float:
+        """Trains one trial, from its last checkpoint when an earlier try of the same work
+        (flags, setup and the factory's own values) was killed or interrupted."""
         import keras
 
         from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
 
         settings = self.settings
-        curve = Curve(settings.direction)
         writes = self._writes
+        model = self._build(setup, trial)  # the factory suggests its own values here
+        own = {k: v for k, v in trial.params.items() if k not in FLAG_NAMES}
+        key = job_key(config, own)
+        checkpoints = TrainingCheckpoints(self.artifacts, study, setup)
+        trial.set_user_attr(ATTR_TRAINING, checkpoints.training)
+        resumed = checkpoints.resume(model, [key], settings.direction)
+        curve = resumed.curves[key] if resumed else Curve(settings.direction)
+        initial_epoch = resumed.epoch if resumed else 0
+        if resumed:
+            trial.set_user_attr(ATTR_RESUMED, initial_epoch)
+            for step, value in enumerate(curve.values):
+                trial.report(value, step=step)
+                observer.on_epoch_end(trial.number, step + 1, settings.epochs, value)
 
         class Recorder(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -124,8 +148,11 @@ class PerTrialStrategy(Strategy):
                 curve.values.append(training_logs_value(logs or {}, settings.metric, epoch))
                 curve.add_others(logs or {}, settings.metric)
                 observer.on_epoch_end(trial.number, epoch + 1, settings.epochs, curve.values[-1])
+                # Before pruning or patience decide: a stopped training keeps its resume point.
+                checkpoints.save(
+                    model, epoch + 1, {key: curve}, ending=epoch + 1 == settings.epochs
+                )
 
-        model = self._build(setup, trial)
         if config is not None:
             configure(model, config)
         callbacks = [
@@ -136,13 +163,7 @@ class PerTrialStrategy(Strategy):
             interrupt_checker(),
         ]
         if settings.patience:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor=settings.metric,
-                    patience=settings.patience,
-                    mode="min" if settings.direction == "minimize" else "max",
-                )
-            )
+            callbacks.append(_patience(settings, curve))
         # Validation in few large steps, grouped like training batches: the same metrics.
         evaluation_batch = settings.evaluation_batch(model, self.data, setup.batch_size)
         start = time.perf_counter()
@@ -153,13 +174,47 @@ class PerTrialStrategy(Strategy):
                         setup.batch_size, evaluation_batch_size=evaluation_batch
                     ),
                     epochs=settings.epochs,
+                    initial_epoch=initial_epoch,
                     verbose=0,
                     callbacks=callbacks,
                 )
+        except BaseException as error:
+            writes.hold()
+            if _is_final(error):  # pruned, or a failure that would recur: nothing to resume
+                checkpoints.finish()
+            raise
         finally:
             writes.hold()
             curve.store(trial, time.perf_counter() - start)
+        checkpoints.link(trial, curve)  # the best epoch's model stays, as the trial's artifact
+        checkpoints.finish()
         return curve.best()
+
+
+def _is_final(error: BaseException) -> bool:
+    """Whether the trial ends for good (pruned, or a failure a re-run would meet again)."""
+    if isinstance(error, optuna.TrialPruned):
+        return True
+    return failure_of(error)[0] in FINAL_FAILURES
+
+
+def _patience(settings, curve: Curve):
+    """Keras's EarlyStopping on the ranked metric, picking up where a resumed training was."""
+    import keras
+
+    class Patience(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if curve.values:  # a resumed training: the epochs already run count
+                self.best = curve.best()
+                self.best_epoch = curve.best_epoch() - 1
+                self.wait = curve.epochs_since_best()
+
+    return Patience(
+        monitor=settings.metric,
+        patience=settings.patience,
+        mode="min" if settings.direction == "minimize" else "max",
+    )
 
 
 def _prune_before_the_last_epoch(trial, metric: str, epochs: int):
