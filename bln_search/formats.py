@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 
 from bln_search.config import FLAG_NAMES
 
+PARAMS_PREFIX = "params."
+"""Leaderboard columns of a factory's own values, exact (the `params` column rounds them)."""
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -91,7 +94,7 @@ _VERDICT_STYLE = {
     "better": "magenta",
     "n/a": "dim",
 }
-_HIDDEN = {*FLAG_NAMES, "model", "batch_size"}
+_HIDDEN = {*FLAG_NAMES, "model", "batch_size"}  # and the exact `params.<name>` columns
 # What a narrow terminal keeps, most telling first: `rank` (with `statistics`), the ranked
 # metric, these, the other columns (other metrics, a factory's params), then the last ones.
 _KEPT_FIRST = ("vs_winner", "state")
@@ -114,7 +117,11 @@ def rich_table(frame: pd.DataFrame, title: str | None = None, width: int | None 
     """
     std_columns = {c for c in frame.columns if c.endswith("_std")}
     several_seeds = "seeds" in frame.columns and (frame["seeds"] > 1).any()
-    shown = [c for c in frame.columns if c not in _HIDDEN and c not in std_columns]
+    shown = [
+        c
+        for c in frame.columns
+        if c not in _HIDDEN and c not in std_columns and not c.startswith(PARAMS_PREFIX)
+    ]
     if not several_seeds:
         shown = [c for c in shown if c not in ("seeds", "vs_winner", "p_value")]
     else:  # room for mean ± std and the verdict; the rest is in --format csv/json

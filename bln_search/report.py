@@ -21,7 +21,7 @@ import pandas as pd
 from bln_search import figures
 from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.errors import SearchFailed
-from bln_search.formats import EMPTY, is_empty
+from bln_search.formats import EMPTY, PARAMS_PREFIX, is_empty
 from bln_search.results import BLN_MODEL, leaderboard, study_metric, trials_frame, winners
 from bln_search.summary import complete_grid, flag_effects, verdict
 
@@ -115,7 +115,7 @@ def leaderboard_html(group: pd.DataFrame, metric: str) -> str:
     for _, row in group.iterrows():
         cells = {"rank": row["rank"], "candidate": figures.candidate_of(row)}
         for column in group.columns:
-            if column in skip or column == "rank":
+            if column in skip or column == "rank" or column.startswith(PARAMS_PREFIX):
                 continue
             value = row[column]
             if column == metric and not is_empty(value):

@@ -17,6 +17,7 @@ import pandas as pd
 from bln_search.baselines import BLN_LABEL, label_of
 from bln_search.config import FLAG_NAMES, StatisticsConfig, config_document
 from bln_search.errors import SearchFailed
+from bln_search.formats import PARAMS_PREFIX
 from bln_search.manifest import require_manifest
 from bln_search.stats import ALPHA, mark_ties
 from bln_search.trials import (
@@ -124,6 +125,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         {k: v for k, v in trials[n].params.items() if k not in FLAG_NAMES} for n in frame["number"]
     ]
     frame["params"] = [params_text(values) for values in own]
+    frame["_own"] = own
     frame["_candidate"] = [
         (c.label if c is not None else m) + (f" {sorted(v.items())!r}" if v else "")
         for c, m, v in zip(frame["config"], frame["model"], own)
@@ -132,7 +134,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         ["_order", "value"], ascending=[True, direction == "minimize"], na_position="last"
     )
     frame = frame.drop_duplicates(["_candidate", "seed", "batch_size"], keep="first")
-    return frame[columns + ["_candidate", "_order"]].reset_index(drop=True)
+    return frame[columns + ["_candidate", "_order", "_own"]].reset_index(drop=True)
 
 
 def leaderboard(
@@ -172,8 +174,12 @@ def leaderboard(
         return pd.DataFrame(columns=columns)
     # The model's other validation metrics, at each run's ranked epoch (mean over seeds).
     others = sorted({name for found in runs["others"] for name in found})
-    if runs["params"].astype(bool).any():  # a factory with values of its own: show them
-        columns.insert(columns.index("model") + 1 + len(FLAG_NAMES), "params")
+    # A factory with values of its own: shown compactly in `params`, and exactly, one column
+    # each (`params.<name>`), for CSV and JSON; the terminal table leaves those out.
+    own_names = sorted({name for found in runs["_own"] for name in found})
+    if own_names:
+        at = columns.index("model") + 1 + len(FLAG_NAMES)
+        columns[at:at] = ["params", *(f"{PARAMS_PREFIX}{name}" for name in own_names)]
     columns[columns.index(f"{metric}_std") + 1 : columns.index(f"{metric}_std") + 1] = others
     rows = []
     for (batch_size, candidate), group in runs.groupby(["batch_size", "_candidate"], sort=False):

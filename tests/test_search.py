@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pandas as pd
 import pytest
@@ -380,6 +382,16 @@ def test_own_values_that_round_alike_are_still_separate_rows_and_exported_per_ba
     board = bln_search.leaderboard(study)
     assert list(board["batch_size"]) == [16, 16, 32]
     assert list(board["val_loss"]) == [0.4, 0.5, 0.3]
+    # CSV and JSON carry the exact values (the `params` text rounds them for people).
+    from bln_search.formats import rich_table, to_text
+
+    assert [row["params.lr"] for row in json.loads(to_text(board, "json"))] == [
+        0.012344,
+        0.012341,
+        0.2,
+    ]
+    assert "0.012341" in to_text(board, "csv") and "0.012344" in to_text(board, "csv")
+    assert "params.lr" not in [column.header for column in rich_table(board).columns]
     document = bln_search.export_document(study)
     assert document["params"] == {"lr": 0.012344}
     assert document["by_batch_size"]["16"]["params"] == {"lr": 0.012344}
