@@ -128,10 +128,6 @@ def rich_table(frame: pd.DataFrame, title: str | None = None, width: int | None 
         shown = [c for c in shown if c not in ("epochs", "trial", "duration_s")]
     if width is None:
         return _table(frame, shown, title, several_seeds)
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    console = Console(width=width)
     ranked = [c for c in shown if f"{c}_std" in frame.columns]
     first = ["rank", *ranked, *_KEPT_FIRST]
     by_importance = [
@@ -142,12 +138,25 @@ def rich_table(frame: pd.DataFrame, title: str | None = None, width: int | None 
     kept: list[str] = []
     for column in by_importance:
         trying = [c for c in shown if c in kept or c == column]
-        table = _table(frame, trying, title, several_seeds)
-        needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+        needed = natural_width(_table(frame, trying, title, several_seeds))
         if needed <= width or not kept:
             kept.append(column)
     left_out = [c for c in shown if c not in kept]
     return _table(frame, [c for c in shown if c in kept], title, several_seeds, left_out)
+
+
+def natural_width(table) -> int:
+    """The columns `table` needs to show every cell whole (rich squeezes it into fewer).
+
+    A terminal narrower than even the rank, the statistics and the ranked metric
+    prints the table at this width instead, its lines wrapped by the terminal
+    rather than its cells cut: a cut `BM BV…` would name another configuration.
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console(width=10_000)
+    return Measurement.get(console, console.options, table).maximum
 
 
 def _table(

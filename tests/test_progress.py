@@ -98,6 +98,17 @@ def test_the_final_table_fits_80_columns_with_whole_headers(watched):
     assert_whole_headers(text)
 
 
+def test_a_terminal_too_narrow_for_the_statistics_wraps_lines_and_cuts_no_cell(watched):
+    """At 18 columns the statistics column itself was cut ("BM B…"): another configuration."""
+    _, study = watched
+    console = Console(record=True, width=18, force_terminal=True, file=io.StringIO())
+    print_leaderboard(study, "table", console)
+    text = console.export_text()
+    labels = {config_of(t).label for t in study.trials if t.state.name == "COMPLETE"}
+    assert labels and all(label in text for label in labels), text
+    assert "…" not in text, text
+
+
 def test_several_seeds_and_baselines_fit_80_columns_too(watched):
     _, study = watched
     frame = leaderboard(study)

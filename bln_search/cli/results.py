@@ -27,7 +27,7 @@ Format = choices("Format", FORMATS)
 
 def print_leaderboard(study, fmt: str = "table", to=None) -> None:
     """One table per batch size for people; one frame (with a batch_size column) for machines."""
-    from bln_search.formats import rich_table, to_text
+    from bln_search.formats import natural_width, rich_table, to_text
     from bln_search.results import leaderboard, study_metric
 
     frame = leaderboard(study)
@@ -44,7 +44,13 @@ def print_leaderboard(study, fmt: str = "table", to=None) -> None:
         title = escape(
             f"{study.study_name}{size}: {len(group)} candidates by {metric} ({direction})"
         )
-        to.print(rich_table(group, title=title, width=to.width))
+        table = rich_table(group, title=title, width=to.width)
+        terminal = to.width
+        to.width = max(terminal, natural_width(table))  # too narrow: wrapped lines, whole cells
+        try:
+            to.print(table, crop=False)
+        finally:
+            to.width = terminal
 
 
 @app.command()
