@@ -212,6 +212,7 @@ class TrainingPlan:
     metric: str
     direction: str
     found_at: int | None
+    model_check: dict | None = None  # the model the search ran (`training.check_same_model`)
 
 
 def training_plan(
@@ -245,6 +246,9 @@ def training_plan(
             raise ConfigError(
                 f'{source}: training "{key}" must be a whole number >= {least}, got {value!r}'
             )
+    model_check = training.get("model_check")
+    if model_check is not None and not isinstance(model_check, Mapping):
+        raise ConfigError(f'{source}: training "model_check" must be a JSON object')
     if not all(str(b).isdigit() and int(b) >= 1 for b in by_batch_size):
         raise ConfigError(f"{source}: by_batch_size must be keyed by batch sizes")
     direction = metric.get("direction", "minimize")
@@ -300,4 +304,5 @@ def training_plan(
         metric=metric_name,
         direction=direction,
         found_at=found_at,
+        model_check=dict(model_check) if model_check else None,
     )

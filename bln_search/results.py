@@ -205,6 +205,10 @@ def leaderboard(
                     for name in others
                 },
                 "params": best_run["params"],
+                **{
+                    f"{PARAMS_PREFIX}{name}": best_run["_own"].get(name, pd.NA)
+                    for name in own_names
+                },
                 "seeds": len(values),
                 "best_epoch": best_run["best_epoch"],
                 "epochs": group["epochs"].max(),
@@ -314,6 +318,12 @@ def export_document(study: optuna.Study) -> dict:
 
     training["batch_size"] = min(found)
     training["best_epoch"] = trial.user_attrs.get(ATTR_BEST_EPOCH)
+    # What `train` checks its factory's model against (bln_search.training.check_same_model).
+    manifest = require_manifest(study)
+    training["model_check"] = {
+        **(manifest.get("model") or {}),
+        "search_space": manifest.get("search_space"),
+    }
     own = {k: v for k, v in trial.params.items() if k not in FLAG_NAMES}
     return config_document(
         config_of(trial),

@@ -14,6 +14,7 @@ share of a grid, and the test-data evaluation of the winners.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -212,6 +213,8 @@ def search(
     batch_sizes = _batch_sizes(data, batch_size)
     if not batch_sizes or any(b < 1 for b in batch_sizes) or seeds < 1:
         raise UsageError("batch sizes and the number of seeds must be at least 1")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UsageError(f"`seed` must be a whole number >= 0, got {seed!r}")
     variants = [
         BLN,
         *(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ def train(
     initial_epoch: int = 0,
     verbose: int = 0,
     output: str | Path | None = None,
+    expected_model: Mapping[str, Any] | None = None,
 ):
     """Builds the model (or loads `initial_model`), applies `config`, fits and saves it.
 
@@ -44,14 +46,23 @@ def train(
     restores the weights (population statistics included) of the epoch with the
     best `metric` under `config`; `"last"` keeps the last epoch's.
     `initial_model` continues a saved `.keras` model from `initial_epoch`
-    (fine-tuning, or the rest of a training). `batch_size`: 32 for arrays by
+    (fine-tuning, or the rest of a training); with `keep="best"` the loaded model
+    itself is a candidate, kept (best epoch `initial_epoch`) when no epoch improves
+    on it. `expected_model`: the export's record of the model the search ran
+    (`training.model_check`); a factory that builds another one is refused.
+    `batch_size`: 32 for arrays by
     default (the whole set if smaller); a batched dataset trains at its own, and any other is refused, as
     is one larger than the training set (Keras would quietly train at the
     set's size). Returns `(model, validation metrics dict, best epoch)`; the
     metrics are measured under `config`.
     """
     from bln_search.evaluation import evaluation_batch_size
-    from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
+    from bln_search.layer_tools import (
+        ResetPopulationStatistics,
+        configure,
+        find_bln_layers,
+        grouped_inference,
+    )
 
     if keep not in ("best", "last"):
         raise UsageError(f"`keep` must be 'best' or 'last', got {keep!r}")
@@ -69,12 +80,24 @@ def train(
             f"`initial_epoch` ({initial_epoch}) must be below `epochs` ({epochs}), the epoch "
             "the training ends at"
         )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UsageError(f"`seed` must be a whole number >= 0, got {seed!r}")
     batch_size = training_batch_size(data, batch_size)
     keras.utils.set_random_seed(seed)
-    model = _initial_model(model_factory, params, initial_model)
+    model = _initial_model(model_factory, params, initial_model, expected_model)
     check_data_fits_model(data, model)
+    if not find_bln_layers(model):
+        whose = initial_model if initial_model is not None else "the factory's model"
+        raise UsageError(
+            f"{whose} has no BatchLayerNormalization layer: there is nothing for the "
+            "configuration to set"
+        )
     configure(model, config)
     best = _KeepBest(metric, direction, active=keep == "best")
+    if initial_model is not None:  # the loaded model is a candidate too: training may not beat it
+        best.consider(
+            model, evaluate(model, data.validation, batch_size, prefix="val_"), initial_epoch
+        )
     # Validation in few large steps, grouped like training batches (bln_search.evaluation).
     groups = None if data.is_dataset else batch_size
     physical = (
@@ -117,15 +140,12 @@ def training_batch_size(data: Data, batch_size: int | None) -> int:
     return batch_size
 
 
-def _initial_model(model_factory, params, initial_model):
+def _initial_model(model_factory, params, initial_model, expected_model):
     """A saved model to continue, or the factory's, with its own values replayed."""
     from bln_search.loading import takes_trial
 
     if initial_model is not None:
-        try:
-            return keras.saving.load_model(initial_model)
-        except Exception as error:
-            raise UserCodeError(f"cannot load {initial_model}: {first_line(error)}") from None
+        return load_saved_model(initial_model)
     trial = None
     if takes_trial(model_factory):
         import optuna
@@ -136,7 +156,49 @@ def _initial_model(model_factory, params, initial_model):
                 "the study again with this bln-search"
             )
         trial = optuna.trial.FixedTrial(dict(params))
-    return build_model(model_factory, trial)
+    model = build_model(model_factory, trial)
+    if expected_model:
+        check_same_model(model_factory, model, trial, expected_model)
+    return model
+
+
+def load_saved_model(path: str | Path):
+    """A `.keras` model file, or `UsageError` in one line saying why it is not one."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"cannot load {path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(
+            f"cannot load {path}: not a Keras model file (a .keras zip archive), or a truncated one"
+        )
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:
+        raise UserCodeError(
+            f"cannot load {path}: {first_line(error) or type(error).__name__}"
+        ) from None
+
+
+def check_same_model(model_factory, model, trial, expected: Mapping[str, Any]) -> None:
+    """`UsageError` when `model_factory` builds another model than the search ran: other
+    layers or compile settings, or another search space of its own (`expected`: the
+    export's `training.model_check`, as `bln_search.manifest.fingerprint_model` wrote it)."""
+    from bln_search.manifest import fingerprint_model, search_space_of
+
+    found = fingerprint_model(model_factory, model, trial is not None)
+    if trial is not None:
+        differs = expected.get("search_space") not in (None, search_space_of(trial))
+    else:
+        differs = expected.get("fingerprint") not in (None, found.get("fingerprint"))
+    if differs:
+        what = "search space" if trial is not None else "layers or compile settings"
+        raise UsageError(
+            f"{found['name']} builds another model than the search ran ({expected.get('name')}): "
+            f"its {what} differ; pass the factory the search ran (to train this one under "
+            'these flags anyway, remove "model_check" from the export\'s "training")'
+        )
 
 
 class _KeepBest(keras.callbacks.Callback):
@@ -149,15 +211,19 @@ class _KeepBest(keras.callbacks.Callback):
         self.best, self.weights, self.epoch = None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.metric)
+        self.consider(self.model, logs or {}, epoch + 1)
+
+    def consider(self, model, logs: dict, epoch: int) -> None:
+        """Keeps `model`'s weights as they are after `epoch` if `logs` hold the best value yet."""
+        value = logs.get(self.metric)
         if value is None:
-            raise MetricNotReported(self.metric, logs or {})
+            raise MetricNotReported(self.metric, logs)
         if self.best is None or (
             value < self.best if self.direction == "minimize" else value > self.best
         ):
-            self.best, self.epoch = value, epoch + 1
+            self.best, self.epoch = value, epoch
             if self.active:
-                self.weights = self.model.get_weights()
+                self.weights = model.get_weights()
 
     def restore(self, model) -> None:
         if self.active and self.weights is not None:

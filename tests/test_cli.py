@@ -660,3 +660,65 @@ def test_train_shows_keras_progress_on_a_terminal(tmp_path, quiet):
     assert stdout == b""  # results only there, and `train` has none
     assert ("Epoch 2/2" in shown and "━" in shown) is not quiet, shown
     assert shown.strip().splitlines()[-1].startswith("trained epochs 1-2 at batch size 8"), shown
+
+
+def test_train_from_a_file_that_is_no_bln_model_is_one_line(tmp_path):
+    """A truncated file said "File not found"; a model without BLN, "unexpected ValueError"."""
+    import keras
+
+    export_file(tmp_path)
+    keras.utils.set_random_seed(0)
+    models.build_without_bln().save(tmp_path / "plain.keras")
+    models.build().save(tmp_path / "whole.keras")
+    data = (tmp_path / "whole.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
+    for name, message in (
+        ("missing.keras", "no such file"),
+        ("cut.keras", "not a Keras model file (a .keras zip archive), or a truncated one"),
+        ("plain.keras", "has no BatchLayerNormalization layer: there is nothing for the"),
+    ):
+        lines = refused_train(tmp_path, "--from", str(tmp_path / name))
+        assert lines == [f"error: cannot load {tmp_path / name}: {message}"] or (
+            len(lines) == 1 and message in lines[0]
+        ), lines
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_a_negative_seed_is_refused_in_one_line(tmp_path, data):
+    """`--seed -1` gave "unexpected ValueError" from Keras's seeding."""
+    from bln_search.errors import UsageError
+
+    config = bln_search.StatisticsConfig()
+    with pytest.raises(UsageError, match="`seed` must be a whole number >= 0, got -1"):
+        bln_search.train(models.build, data, config, epochs=1, seed=-1)
+    with pytest.raises(UsageError, match="`seed` must be a whole number >= 0, got -1"):
+        bln_search.search(models.build, data, study_name="s", storage=None, seed=-1)
+    export_file(tmp_path)
+    for command in ("run", "train"):
+        args = ["-c", str(tmp_path / "best.json")] if command == "train" else []
+        result = CliRunner().invoke(app, [command, "-m", f"{FIX}:build", *args, "--seed", "-1"])
+        assert result.exit_code == 2 and "greater than or equal to 0" in result.output
+
+
+def test_train_refuses_a_factory_that_builds_another_model_than_the_search_ran(tmp_path):
+    """`train -m` was never compared with the model the export records."""
+    from bln_search.manifest import fingerprint_model
+
+    recorded = fingerprint_model(models.build, models.build(), False)
+    export_file(tmp_path, model_check=recorded)
+    lines = refused_train(tmp_path, "-m", f"{FIX}:build_other")
+    assert len(lines) == 1 and "builds another model than the search ran (build)" in lines[0]
+    assert "layers or compile settings differ" in lines[0], lines
+    assert not (tmp_path / "m.keras").exists()
+    assert "under BM BV -- --" in train_cli(tmp_path)  # the model the search ran trains
+
+
+def test_train_from_a_saved_model_keeps_it_when_no_epoch_improves_on_it(tmp_path, data):
+    """`--from X --initial-epoch N` never counted the loaded model itself as a candidate."""
+    config = bln_search.StatisticsConfig(True, True, False, False)
+    first = tmp_path / "first.keras"
+    _, before, epoch = bln_search.train(models.build_jumpy, data, config, epochs=6, output=first)
+    _, after, kept = bln_search.train(
+        None, data, config, epochs=epoch + 2, initial_model=first, initial_epoch=epoch
+    )
+    assert kept == epoch and after["val_loss"] == pytest.approx(before["val_loss"], rel=1e-6)

@@ -160,7 +160,7 @@ def run(
         ),
     ] = "auto",
     seed: Annotated[
-        int, typer.Option(help="Seeds every trial's weights and data order alike.")
+        int, typer.Option(min=0, help="Seeds every trial's weights and data order alike.")
     ] = 0,
     seeds: Annotated[
         int,

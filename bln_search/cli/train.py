@@ -47,7 +47,8 @@ def train(
         ),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Random seed. Default: the search's.", show_default=False)
+        int | None,
+        typer.Option(min=0, help="Random seed. Default: the search's.", show_default=False),
     ] = None,
     start_from: Annotated[
         Path | None,
@@ -131,11 +132,15 @@ def train(
             initial_epoch=initial_epoch,
             verbose=1 if progress else 0,
             output=output,
+            expected_model=plan.model_check,
         )
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-    kept = (
-        f"epoch {plan.epochs} (last)" if keep_last else f"epoch {best_epoch} (best on validation)"
-    )
+    if keep_last:
+        kept = f"epoch {plan.epochs} (last)"
+    elif start_from is not None and best_epoch == initial_epoch:
+        kept = f"{start_from} as loaded (no epoch improved on it)"
+    else:
+        kept = f"epoch {best_epoch} (best on validation)"
     # A saved model keeps the values it was built with; the export's are not replayed then.
     own = "" if start_from else "".join(f", {k}={v!r}" for k, v in plan.params.items())
     found = (
