@@ -1,0 +1,132 @@
+"""A shared search killed after epoch 8 of 10 and resumed, against the same search uninterrupted.
+
+Run: python benchmarks/resume.py [--epochs 10 --kill-after 8 --signal TERM]
+
+Both are real `bln-search run` processes on the digits CNN (all 16 configurations,
+no pruning, no patience), each in its own temporary folder and SQLite study, one
+after the other in this run. The interrupted one is sent the signal once its
+checkpoint of epoch `--kill-after` is stored, then the same command is run again;
+its total is both processes' wall time. With checkpoints the re-run continues
+from the last stored epoch instead of epoch 1. Target: resumed total <= 1.2x the
+uninterrupted search. The last column checks that both give the same stored values.
+
+With `--signal KILL` the re-run first waits for the killed trials' heartbeats to
+lapse (2 x `--heartbeat` seconds), which is counted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent / "bln-search"
+STATE_PREFIX = "bln_search:checkpoint:"
+
+
+def checkpointed_epoch(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=1) as connection:
+            rows = connection.execute(
+                "SELECT value_json FROM study_system_attributes WHERE key LIKE ?",
+                (STATE_PREFIX + "%",),
+            ).fetchall()
+    except sqlite3.Error:
+        return 0
+    return max((json.loads(v).get("epoch", 0) for (v,) in rows), default=0)
+
+
+def values(db: Path) -> dict:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            "SELECT t.number, v.value FROM trials t JOIN trial_values v USING (trial_id) "
+            "WHERE t.state = 'COMPLETE'"
+        ).fetchall()
+        params = connection.execute(
+            "SELECT t.number, p.param_name, p.param_value FROM trials t "
+            "JOIN trial_params p USING (trial_id) WHERE t.state = 'COMPLETE'"
+        ).fetchall()
+    flags: dict[int, list] = {}
+    for number, name, value in sorted(params):
+        flags.setdefault(number, []).append((name, value))
+    return {tuple(flags[number]): value for number, value in rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--kill-after", type=int, default=8)
+    parser.add_argument("--signal", choices=("TERM", "INT", "KILL"), default="TERM")
+    parser.add_argument("--heartbeat", type=int, default=2)
+    args = parser.parse_args()
+    command = [
+        str(BIN),
+        "run",
+        "--model",
+        str(ROOT / "studies" / "digits_cnn.py") + ":build",
+        "--epochs",
+        str(args.epochs),
+        "--pruner",
+        "none",
+        "--patience",
+        "0",
+        "--heartbeat",
+        str(args.heartbeat),
+        "-q",
+        "--study",
+        "resume",
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_DETERMINISTIC_OPS": "1"}
+    env.pop("BLN_SEARCH_STORAGE", None)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    with tempfile.TemporaryDirectory() as whole, tempfile.TemporaryDirectory() as cut:
+        start = time.perf_counter()
+        subprocess.run(command, cwd=whole, check=True, **quiet)
+        uninterrupted = time.perf_counter() - start
+
+        start = time.perf_counter()
+        victim = subprocess.Popen(command, cwd=cut, **quiet)
+        while checkpointed_epoch(Path(cut) / "bln-search.db") < args.kill_after:
+            if victim.poll() is not None:
+                sys.exit("the search ended before it could be stopped: raise --epochs")
+            time.sleep(0.05)
+        victim.send_signal(getattr(signal, f"SIG{args.signal}"))
+        victim.wait()
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run(command, cwd=cut, check=True, **quiet)
+        second = time.perf_counter() - start
+        same = values(Path(whole) / "bln-search.db") == values(Path(cut) / "bln-search.db")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"digits CNN, {args.epochs} epochs, 16 configurations, SIG{args.signal} "
+        f"after epoch {args.kill_after}"
+    )
+    for column in ("search", "wall s", "/ uninterrupted", "same values"):
+        table.add_column(column)
+    table.add_row("uninterrupted", f"{uninterrupted:.1f}", "1.00x", "")
+    table.add_row("run until the signal", f"{first:.1f}", f"{first / uninterrupted:.2f}x", "")
+    table.add_row("re-run (resumes)", f"{second:.1f}", f"{second / uninterrupted:.2f}x", "")
+    total = first + second
+    table.add_row(
+        "interrupted + resumed",
+        f"{total:.1f}",
+        f"{total / uninterrupted:.2f}x",
+        "yes" if same else "NO",
+    )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
