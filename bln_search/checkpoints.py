@@ -120,6 +120,8 @@ class TrainingCheckpoints:
     files: dict[int, str] = field(default_factory=dict)  # epoch -> artifact id, all still kept
     linked: set[int] = field(default_factory=set)  # epochs a complete trial references
     _failed: bool = False
+    model_damaged: bool = False
+    """A checkpoint failed to load part-way: the model's weights are mixed, build it anew."""
 
     @property
     def active(self) -> bool:
@@ -156,6 +158,7 @@ class TrainingCheckpoints:
             try:
                 self._load(model, files[int(state["epoch"])], state.get("seed_states") or [])
             except Exception as error:  # a missing or damaged file: the training starts over
+                self.model_damaged = True
                 warnings.warn(
                     f"cannot resume from checkpoint {files[int(state['epoch'])]} "
                     f"({first_line(error)}): training from epoch 1",
@@ -175,7 +178,9 @@ class TrainingCheckpoints:
         with self._downloaded(artifact_id) as path:
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-            model.load_weights(path)
+            with warnings.catch_warnings():  # Keras only warns: a resume would lose the state
+                warnings.filterwarnings("error", message="Skipping variable loading")
+                model.load_weights(path)
         for variable, value in zip(_seed_variables(model), seed_states):
             variable.assign(value)
 
@@ -269,7 +274,12 @@ class TrainingCheckpoints:
             path = os.path.join(folder, "model.keras")
             model.save(path)
             with open(path, "rb") as file:
-                self.store.write(artifact_id, file)
+                try:
+                    self.store.write(artifact_id, file)
+                except OSError:  # no half file left behind: no state will ever point at it
+                    with contextlib.suppress(Exception):
+                        self.store.remove(artifact_id)
+                    raise
         return artifact_id
 
     def _write_state(self, state: dict) -> None:

@@ -145,6 +145,40 @@ def test_an_interrupted_per_trial_training_resumes_its_own_values_from_its_last_
     assert value == pytest.approx(found.value, rel=1e-5)
 
 
+def test_a_checkpoint_that_fails_to_load_half_way_trains_from_epoch_1_on_fresh_weights(
+    data, tmp_path, deterministic
+):
+    """A file Keras loads layer by layer and then refuses (another last layer) left the first
+    layers loaded: "training from epoch 1" went on from those weights, with exit 0."""
+    import keras
+
+    kwargs = dict(epochs=5, batch_size=16, pruner=None, patience=None)
+    factory = models.build_adam_dropout
+    whole = bln_search.search(
+        factory, data, study_name="whole", storage=f"sqlite:///{tmp_path / 'a.db'}", **kwargs
+    )
+    storage = f"sqlite:///{tmp_path / 'b.db'}"
+    with pytest.raises(SearchInterrupted):
+        bln_search.search(
+            factory, data, study_name="cut", storage=storage, observer=StopAt(4), **kwargs
+        )
+    other = keras.Sequential(
+        [keras.Input((models.FEATURES,)), keras.layers.Dense(8, kernel_initializer="ones")]
+        + [bln_search.BatchLayerNormalization(), keras.layers.Dense(3)]
+    )
+    other.compile(optimizer="adam", loss="mse")
+    for name in os.listdir(tmp_path / "b.artifacts"):  # every kept file, the resume point too
+        other.save(tmp_path / "other.keras")
+        os.replace(tmp_path / "other.keras", tmp_path / "b.artifacts" / name)
+    with pytest.warns(UserWarning, match="cannot resume from checkpoint .*: training from epoch 1"):
+        resumed = bln_search.search(factory, data, study_name="cut", storage=storage, **kwargs)
+    complete = resumed.get_trials(states=(COMPLETE,))
+    assert len(complete) == 16 and not any("resumed_after" in t.user_attrs for t in complete)
+    expected, found = curves(whole), curves(resumed)
+    for key, values in expected.items():
+        np.testing.assert_allclose(found[key], values, rtol=1e-6, atol=1e-7)
+
+
 def test_export_model_writes_the_winner_s_trained_model_without_training(tmp_path):
     import keras
 

@@ -233,6 +233,28 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+def test_a_full_artifact_store_stops_checkpoints_in_one_line_and_the_search_goes_on(
+    tmp_path, small_disk
+):
+    """Checkpoints are a convenience: a full disk under them warns once and costs no result."""
+    with contextlib.suppress(OSError), open(small_disk / "filler", "wb", buffering=0) as filler:
+        while True:
+            filler.write(b"\0" * 512)
+    result = run_model(
+        f"sqlite:///{tmp_path / 'full.db'}", "s", "--artifacts", str(small_disk / "art")
+    )
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warned == [
+        "warning: checkpoints stopped: cannot write to the artifact store (No space left on "
+        "device); the search goes on without them"
+    ], result.stderr
+    assert "Traceback" not in result.output and ".py:" not in result.stderr
+    assert os.listdir(small_disk / "art") == []  # no half-written file
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'full.db'}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 2
+
+
 def test_full_disk(finished, small_disk):
     path = small_disk / "study.db"
     shutil.copy(finished, path)

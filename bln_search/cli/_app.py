@@ -249,6 +249,19 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+def warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's warnings in one line, `warning: ...`, as errors are (not two, with source)."""
+    from rich.markup import escape
+
+    from bln_search.storage import mask_url
+
+    stderr().print(
+        f"[bold yellow]warning:[/] {escape(mask_url(str(message)))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def quiet_libraries(tensorflow: bool = False) -> None:
     """TensorFlow's C++ logs and Optuna's per-trial INFO lines would drown the display."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -265,6 +278,7 @@ def quiet_libraries(tensorflow: bool = False) -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="keras")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.showwarning = warning_line
 
 
 def open_study(storage: str | None, study: str | None):

@@ -132,6 +132,8 @@ class PerTrialStrategy(Strategy):
         checkpoints = TrainingCheckpoints(self.artifacts, study, setup)
         trial.set_user_attr(ATTR_TRAINING, checkpoints.training)
         resumed = checkpoints.resume(model, [key], settings.direction)
+        if checkpoints.model_damaged:  # half-loaded weights: epoch 1 starts from the seed's
+            model = self._build(setup, trial)
         curve = resumed.curves[key] if resumed else Curve(settings.direction)
         initial_epoch = resumed.epoch if resumed else 0
         if resumed:

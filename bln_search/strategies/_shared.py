@@ -150,6 +150,8 @@ class SharedStrategy(Strategy):
         resumed = checkpoints.resume(
             model, [job_key(job.config) for job in jobs], settings.direction
         )
+        if checkpoints.model_damaged:  # half-loaded weights: epoch 1 starts from the seed's
+            model = self._build(setup)
         initial_epoch = 0
         if resumed is not None:
             initial_epoch = resumed.epoch
