@@ -17,47 +17,47 @@ lapse (2 x `--heartbeat` seconds), which is counted too.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bln_search.checkpoints import resume_epoch  # noqa: E402
+from bln_search.errors import StorageError  # noqa: E402
+from bln_search.storage import load_existing_study, open_existing_storage  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "bln-search"
-STATE_PREFIX = "bln_search:checkpoint:"
+STUDY = "resume"
 
 
-def checkpointed_epoch(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=1) as connection:
-            rows = connection.execute(
-                "SELECT value_json FROM study_system_attributes WHERE key LIKE ?",
-                (STATE_PREFIX + "%",),
-            ).fetchall()
-    except sqlite3.Error:
-        return 0
-    return max((json.loads(v).get("epoch", 0) for (v,) in rows), default=0)
+def wait_for_checkpoint(db: Path, epoch: int, victim: subprocess.Popen) -> None:
+    """Returns once the run stored its checkpoint of `epoch`, read as `bln-search
+    leaderboard` reads (nothing created or written), through one connection."""
+    study = None
+    while study is None or resume_epoch(study) < epoch:
+        if victim.poll() is not None:
+            sys.exit("the search ended before it could be stopped: raise --epochs")
+        if study is None:
+            try:
+                study = load_existing_study(open_existing_storage(f"sqlite:///{db}"), STUDY)
+            except StorageError:  # not created yet
+                pass
+        time.sleep(0.05)
 
 
 def values(db: Path) -> dict:
-    with sqlite3.connect(db) as connection:
-        rows = connection.execute(
-            "SELECT t.number, v.value FROM trials t JOIN trial_values v USING (trial_id) "
-            "WHERE t.state = 'COMPLETE'"
-        ).fetchall()
-        params = connection.execute(
-            "SELECT t.number, p.param_name, p.param_value FROM trials t "
-            "JOIN trial_params p USING (trial_id) WHERE t.state = 'COMPLETE'"
-        ).fetchall()
-    flags: dict[int, list] = {}
-    for number, name, value in sorted(params):
-        flags.setdefault(number, []).append((name, value))
-    return {tuple(flags[number]): value for number, value in rows}
+    """{configuration: stored value} of the complete trials."""
+    study = load_existing_study(open_existing_storage(f"sqlite:///{db}"), STUDY)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    return {tuple(sorted(t.params.items())): t.value for t in complete}
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
         str(args.heartbeat),
         "-q",
         "--study",
-        "resume",
+        STUDY,
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_DETERMINISTIC_OPS": "1"}
     env.pop("BLN_SEARCH_STORAGE", None)
@@ -94,10 +94,7 @@ def main() -> None:
 
         start = time.perf_counter()
         victim = subprocess.Popen(command, cwd=cut, **quiet)
-        while checkpointed_epoch(Path(cut) / "bln-search.db") < args.kill_after:
-            if victim.poll() is not None:
-                sys.exit("the search ended before it could be stopped: raise --epochs")
-            time.sleep(0.05)
+        wait_for_checkpoint(Path(cut) / "bln-search.db", args.kill_after, victim)
         victim.send_signal(getattr(signal, f"SIG{args.signal}"))
         victim.wait()
         first = time.perf_counter() - start

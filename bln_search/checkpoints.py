@@ -288,6 +288,15 @@ class TrainingCheckpoints:
         )
 
 
+def resume_epoch(study: optuna.Study) -> int:
+    """The last epoch an unfinished training of `study` stored a checkpoint of (0: none),
+    the epoch a re-run continues after: for monitors, tests and benchmarks."""
+    return max(
+        (int(state.get("epoch", 0)) for state in _states(study).values() if not state.get("done")),
+        default=0,
+    )
+
+
 def job_key(config, params: dict | None = None) -> str:
     """A job's name in a checkpoint: its flags (None for a baseline) and the factory's own values."""
     return json.dumps(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 
@@ -14,7 +13,9 @@ import pytest
 
 import bln_search
 from bln_search import SearchInterrupted
-from bln_search.checkpoints import STATE_PREFIX
+from bln_search.checkpoints import resume_epoch
+from bln_search.errors import StorageError
+from bln_search.storage import load_existing_study, open_existing_storage
 from bln_search.trials import config_of, setup_of
 from tests.fixtures import models
 from tests.helpers import BIN, FIX, command
@@ -51,17 +52,31 @@ def deterministic():
     tf.config.experimental.enable_op_determinism()
 
 
-def test_an_interrupted_training_resumes_from_its_last_epoch_with_an_uninterrupted_run_s_values(
-    data, tmp_path, deterministic
-):
-    kwargs = dict(epochs=5, batch_size=16, pruner=None, patience=None)
+SHARED = dict(epochs=5, batch_size=16, pruner=None, patience=None)
+"""The shared searches of `models.build_adam_dropout` that are cut and resumed below."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The curves of the `SHARED` search run whole, with deterministic ops (computed once)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    folder = tmp_path_factory.mktemp("whole")
+    data = bln_search.check_data(models.load_data())
     whole = bln_search.search(
         models.build_adam_dropout,
         data,
         study_name="whole",
-        storage=f"sqlite:///{tmp_path / 'a.db'}",
-        **kwargs,
+        storage=f"sqlite:///{folder / 'a.db'}",
+        **SHARED,
     )
+    return curves(whole)
+
+
+def test_an_interrupted_training_resumes_from_its_last_epoch_with_an_uninterrupted_run_s_values(
+    data, tmp_path, uninterrupted
+):
     storage = f"sqlite:///{tmp_path / 'b.db'}"
     with pytest.raises(SearchInterrupted):
         bln_search.search(
@@ -70,15 +85,15 @@ def test_an_interrupted_training_resumes_from_its_last_epoch_with_an_uninterrupt
             study_name="cut",
             storage=storage,
             observer=StopAt(4),
-            **kwargs,
+            **SHARED,
         )
     resumed = bln_search.search(
-        models.build_adam_dropout, data, study_name="cut", storage=storage, **kwargs
+        models.build_adam_dropout, data, study_name="cut", storage=storage, **SHARED
     )
     complete = resumed.get_trials(states=(COMPLETE,))
     assert len(complete) == 16
     assert {t.user_attrs.get("resumed_after") for t in complete} == {3}  # epochs 1-3 not retrained
-    expected, found = curves(whole), curves(resumed)
+    expected, found = uninterrupted, curves(resumed)
     assert set(found) == set(expected)
     for key, values in expected.items():
         np.testing.assert_allclose(found[key], values, rtol=1e-6, atol=1e-7)
@@ -146,21 +161,17 @@ def test_an_interrupted_per_trial_training_resumes_its_own_values_from_its_last_
 
 
 def test_a_checkpoint_that_fails_to_load_half_way_trains_from_epoch_1_on_fresh_weights(
-    data, tmp_path, deterministic
+    data, tmp_path, uninterrupted
 ):
     """A file Keras loads layer by layer and then refuses (another last layer) left the first
     layers loaded: "training from epoch 1" went on from those weights, with exit 0."""
     import keras
 
-    kwargs = dict(epochs=5, batch_size=16, pruner=None, patience=None)
     factory = models.build_adam_dropout
-    whole = bln_search.search(
-        factory, data, study_name="whole", storage=f"sqlite:///{tmp_path / 'a.db'}", **kwargs
-    )
     storage = f"sqlite:///{tmp_path / 'b.db'}"
     with pytest.raises(SearchInterrupted):
         bln_search.search(
-            factory, data, study_name="cut", storage=storage, observer=StopAt(4), **kwargs
+            factory, data, study_name="cut", storage=storage, observer=StopAt(4), **SHARED
         )
     other = keras.Sequential(
         [keras.Input((models.FEATURES,)), keras.layers.Dense(8, kernel_initializer="ones")]
@@ -171,10 +182,10 @@ def test_a_checkpoint_that_fails_to_load_half_way_trains_from_epoch_1_on_fresh_w
         other.save(tmp_path / "other.keras")
         os.replace(tmp_path / "other.keras", tmp_path / "b.artifacts" / name)
     with pytest.warns(UserWarning, match="cannot resume from checkpoint .*: training from epoch 1"):
-        resumed = bln_search.search(factory, data, study_name="cut", storage=storage, **kwargs)
+        resumed = bln_search.search(factory, data, study_name="cut", storage=storage, **SHARED)
     complete = resumed.get_trials(states=(COMPLETE,))
     assert len(complete) == 16 and not any("resumed_after" in t.user_attrs for t in complete)
-    expected, found = curves(whole), curves(resumed)
+    expected, found = uninterrupted, curves(resumed)
     for key, values in expected.items():
         np.testing.assert_allclose(found[key], values, rtol=1e-6, atol=1e-7)
 
@@ -227,21 +238,17 @@ def test_export_model_without_kept_models_is_one_line(tmp_path):
     assert not (tmp_path / "m.keras").exists()
     # The recorded folder is found without naming it.
     exported = command("export", "--model", "m.keras", cwd=tmp_path)
-    assert exported.returncode == 0, exported.stderr and (tmp_path / "m.keras").is_file()
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "m.keras").is_file()
 
 
 def _checkpointed_epoch(db, study="s"):
+    """The epoch a killed run would resume after, read as `bln-search leaderboard` reads:
+    nothing created or written while the run writes."""
     try:
-        with sqlite3.connect(db, timeout=1) as connection:
-            rows = connection.execute(
-                "SELECT value_json FROM study_system_attributes WHERE key LIKE ?",
-                (STATE_PREFIX + "%",),
-            ).fetchall()
-    except sqlite3.Error:
+        return resume_epoch(load_existing_study(open_existing_storage(f"sqlite:///{db}"), study))
+    except StorageError:  # not created yet
         return 0
-    import json
-
-    return max((json.loads(v).get("epoch", 0) for (v,) in rows), default=0)
 
 
 def test_a_sigkilled_shared_training_resumes_from_its_last_epoch_and_matches(tmp_path):
