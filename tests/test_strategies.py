@@ -96,6 +96,22 @@ def test_shared_trains_once_and_stores_ordinary_trials(data, storage):
         assert unit_of(trial) == TrainingSetup(0, 16)
 
 
+def test_a_shared_training_traces_its_training_step_once(data, storage, monkeypatch):
+    """Adam's variables exist before `fit`: a trace that creates variables is traced again."""
+    import keras
+
+    traced = []
+    train_step = keras.Model.train_step
+    monkeypatch.setattr(
+        keras.Model, "train_step", lambda self, data: traced.append(1) or train_step(self, data)
+    )
+    study = bln_search.search(
+        models.build_adam_dropout, data, study_name="s", storage=storage, epochs=1, batch_size=16
+    )
+    assert len(traced) == 1
+    assert all(t.state == COMPLETE for t in study.trials)
+
+
 def test_a_pruned_configuration_stops_being_evaluated_and_training_stops_when_all_are(
     data, storage
 ):
