@@ -28,6 +28,7 @@ from bln_search.trials import (
     WAITING,
     TrainingSetup,
     config_of,
+    flag_params,
     is_done,
     is_duplicate,
     is_repeat,
@@ -126,10 +127,18 @@ class GridSource(TrialSource):
 
     @staticmethod
     def _enqueue(study: optuna.Study, config, setup: TrainingSetup) -> None:
+        """Queues one trial with its flags already stored as its parameters, as Optuna's retry
+        callback queues a retried trial: suggesting them then writes nothing (`enqueue_trial`
+        would leave four writes per trial to its worker)."""
         attrs = setup_attrs(setup)
+        params, distributions = flag_params(config) if config is not None else ({}, {})
         if config is not None:
             attrs[ATTR_QUEUED] = config.as_dict()
-        study.enqueue_trial(config.as_dict() if config else {}, user_attrs=attrs)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=WAITING, params=params, distributions=distributions, user_attrs=attrs
+            )
+        )
 
     @staticmethod
     def _wait_for_grid(study: optuna.Study, timeout: float = 60.0) -> None:

@@ -116,11 +116,21 @@ def setup_attrs(setup: TrainingSetup) -> dict:
     return attrs
 
 
+FLAG_CHOICES = (False, True)
+"""Each flag is a categorical parameter with these choices."""
+
+
+def flag_params(config: StatisticsConfig) -> tuple[dict, dict]:
+    """`(params, distributions)` of `config` as a trial stores them (the grid queues them so)."""
+    params = config.as_dict()
+    return params, {
+        name: optuna.distributions.CategoricalDistribution(FLAG_CHOICES) for name in params
+    }
+
+
 def suggest_config(trial: optuna.Trial) -> StatisticsConfig:
     """The trial's flags: queued ones for the grid, the sampler's otherwise (boolean params named like the flags)."""
-    return StatisticsConfig(
-        *(trial.suggest_categorical(name, [False, True]) for name in FLAG_NAMES)
-    )
+    return StatisticsConfig(*(trial.suggest_categorical(name, FLAG_CHOICES) for name in FLAG_NAMES))
 
 
 def is_done(trial) -> bool:

@@ -201,6 +201,22 @@ def test_a_queued_trial_keeps_its_configuration_while_its_flags_are_being_sugges
     assert (config, TrainingSetup(0, 8)) in pending and running == 1
 
 
+def test_the_grid_queues_each_trial_with_its_flags_so_taking_it_writes_none(storage, monkeypatch):
+    """Queued as Optuna's retry callback queues a trial: params set, no suggest writes left."""
+    from bln_search.sources import GridSource
+    from bln_search.trials import suggest_config
+
+    study = optuna.create_study(storage=storage)
+    GridSource([TrainingSetup(0, 8)]).prepare(study, created=True)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert {config_of(t) for t in waiting} == set(bln_search.all_configurations())
+    assert all(t.params == config_of(t).as_dict() for t in waiting)
+    writes = []
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_set_trial_param", lambda *a: writes.append(a))
+    trial = study.ask()
+    assert suggest_config(trial) == config_of(waiting[0]) and writes == []
+
+
 def study_names(storage):
     return [s.study_name for s in optuna.get_all_study_summaries(storage, False)]
 
