@@ -7,6 +7,7 @@ shared training record them here, through the storage's public API.
 from __future__ import annotations
 
 import threading
+import time
 
 
 def heartbeat_interval(storage) -> int | None:
@@ -30,10 +31,13 @@ class TrialHeartbeats:
     trials still running (a pruned or failed one needs no more beats).
     """
 
-    def __init__(self, storage, trials, live=None):
+    def __init__(self, storage, trials, live=None, beaten_at: float | None = None):
         self.interval = heartbeat_interval(storage)
         self.storage = storage
         self.live = live or (lambda: trials)
+        # `time.monotonic()` when every trial last had a heartbeat (`beat_once` as it was asked
+        # for): the first beat is due one interval after, not at once.
+        self.beaten_at = beaten_at
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="bln-search-heartbeat", daemon=True)
 
@@ -44,6 +48,10 @@ class TrialHeartbeats:
             storage.record_heartbeat(_trial_id(trial))
 
     def _beat(self) -> None:
+        if self.beaten_at is not None:
+            due = self.beaten_at + self.interval - time.monotonic()
+            if self.stop.wait(max(0.0, due)):
+                return
         while True:
             for trial in list(self.live()):
                 self.storage.record_heartbeat(_trial_id(trial))

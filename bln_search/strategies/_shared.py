@@ -95,6 +95,7 @@ class SharedStrategy(Strategy):
         count = source.next_training(study)
         done = work_status(study)[0] if source.is_grid else set()
         count = min(count, limit or count)
+        self._asked_at = time.monotonic()  # at or before each of these trials' first heartbeat
         groups: dict[TrainingSetup, list[ConfigTrial]] = {}
         for _ in range(count):
             with deferred():  # taken at once: an interrupt from here on finds it in `taken`
@@ -239,6 +240,7 @@ class SharedStrategy(Strategy):
                     self.storage,
                     [job.trial for job in jobs],
                     live=lambda: [j.trial for j in jobs if j.live],
+                    beaten_at=self._asked_at,
                 ):
                     model.fit(
                         **self.data.fit_kwargs(setup.batch_size, validation=False),
