@@ -30,6 +30,7 @@ import optuna
 
 from bln_search.errors import StorageError, UsageError, first_line
 from bln_search.interrupts import deferred
+from bln_search.storage import set_trial_attrs
 from bln_search.trials import ATTR_TRAINING, RUNNING, WORKER, Curve, TrainingSetup
 
 STATE_PREFIX = "bln_search:checkpoint:"
@@ -236,23 +237,28 @@ class TrainingCheckpoints:
 
     def link(self, trial: optuna.Trial, curve: Curve) -> None:
         """Makes the file of `curve`'s best epoch an artifact of `trial` (told complete next)."""
+        set_trial_attrs(trial, *self.link_attrs(curve))
+
+    def link_attrs(self, curve: Curve) -> tuple[dict, dict]:
+        """`link`'s (user, system) trial attributes, for a caller that writes them with others
+        (before `finish`, which keeps the linked file)."""
         if not self.active or not curve.values:
-            return
+            return {}, {}
         epoch = curve.best_epoch()
         artifact_id = self.files.get(epoch)
         if artifact_id is None:
-            return
+            return {}, {}
         meta = optuna.artifacts.ArtifactMeta(
             artifact_id=artifact_id,
             filename=f"{self.training}-epoch-{epoch}.keras",
             mimetype="application/zip",
             encoding=None,
         )
-        trial.storage.set_trial_system_attr(
-            trial._trial_id, ARTIFACT_ATTR_PREFIX + artifact_id, json.dumps(asdict(meta))
-        )
-        trial.set_user_attr(ATTR_MODEL_EPOCH, epoch)
         self.linked.add(epoch)
+        return (
+            {ATTR_MODEL_EPOCH: epoch},
+            {ARTIFACT_ATTR_PREFIX + artifact_id: json.dumps(asdict(meta))},
+        )
 
     def finish(self) -> None:
         """The training ended whole: only the linked files stay, and the state is closed."""

@@ -346,6 +346,42 @@ def _serialize_sqlite_transactions(engine) -> None:
     engine.dispose()  # connections opened before the hooks reconnect with them
 
 
+def set_trial_attrs(trial, user_attrs: dict, system_attrs: dict | None = None) -> None:
+    """Writes attributes of a running trial together: one transaction on an RDB storage.
+
+    Optuna writes each `set_user_attr` as a transaction of its own (on SQLite, a disk sync
+    each); a shared training writes eight per trial. Other storages get them one by one.
+    Like `set_user_attr`, it also updates the trial's own copy, which pruners read.
+    """
+    if not user_attrs and not system_attrs:
+        return
+    _write_trial_attrs(trial, user_attrs, system_attrs)
+    cached = getattr(trial, "_cached_frozen_trial", None)  # what `Trial.set_user_attr` updates
+    if cached is not None:
+        cached.user_attrs.update(user_attrs)
+
+
+def _write_trial_attrs(trial, user_attrs: dict, system_attrs: dict | None) -> None:
+    storage, trial_id = trial.storage, trial._trial_id
+    backend = getattr(storage, "_backend", storage)  # Optuna's cache writes through to it
+    write = getattr(backend, "_set_trial_attr_without_commit", None)
+    if write is None or not hasattr(backend, "scoped_session"):
+        for key, value in user_attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        for key, value in (system_attrs or {}).items():
+            storage.set_trial_system_attr(trial_id, key, value)
+        return
+    # Optuna's own `set_trial_user_attr`, with one session around all of them.
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        for key, value in user_attrs.items():
+            write(session, models.TrialUserAttributeModel, trial_id, key, value)
+        for key, value in (system_attrs or {}).items():
+            write(session, models.TrialSystemAttributeModel, trial_id, key, value)
+
+
 def load_existing_study(storage, study_name: str):
     import optuna
 

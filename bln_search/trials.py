@@ -18,6 +18,7 @@ import optuna
 from bln_search.baselines import BLN
 from bln_search.config import FLAG_NAMES, StatisticsConfig, all_configurations
 from bln_search.errors import TrialFailed
+from bln_search.storage import set_trial_attrs
 
 # Trial user attributes.
 ATTR_FAIL_REASON = "fail_reason"
@@ -183,11 +184,14 @@ def work_status(study: optuna.Study) -> tuple[set, set, int]:
     return done, pending, running
 
 
+def failure_attrs(reason: str, message: str = "") -> dict:
+    """The user attributes that say why a trial failed."""
+    return {ATTR_FAIL_REASON: reason, **({ATTR_FAIL_MESSAGE: message} if message else {})}
+
+
 def record_failure(trial, reason: str, message: str = "") -> None:
     """Stores why a trial failed (the trial is then told FAIL by its caller)."""
-    trial.set_user_attr(ATTR_FAIL_REASON, reason)
-    if message:
-        trial.set_user_attr(ATTR_FAIL_MESSAGE, message)
+    set_trial_attrs(trial, failure_attrs(reason, message))
 
 
 def best_of(values, direction: str) -> float:
@@ -237,11 +241,16 @@ class Curve:
         """Epochs reported after the best one (0: the last epoch was the best so far)."""
         return len(self.values) - 1 - best_index(self.values, self.direction) if self.values else 0
 
-    def store(self, trial: optuna.Trial, fit_seconds: float) -> None:
-        trial.set_user_attr(ATTR_FIT_SECONDS, round(fit_seconds, 3))
+    def attrs(self, fit_seconds: float) -> dict:
+        """The trial user attributes that store the curve."""
+        attrs = {ATTR_FIT_SECONDS: round(fit_seconds, 3)}
         if self.values:
-            trial.set_user_attr(ATTR_HISTORY, self.values)
-            trial.set_user_attr(ATTR_BEST_EPOCH, self.best_epoch())
-            trial.set_user_attr(ATTR_EPOCHS_TRAINED, len(self.values))
+            attrs[ATTR_HISTORY] = self.values
+            attrs[ATTR_BEST_EPOCH] = self.best_epoch()
+            attrs[ATTR_EPOCHS_TRAINED] = len(self.values)
         if self.others:
-            trial.set_user_attr(ATTR_OTHER_METRICS, self.others)
+            attrs[ATTR_OTHER_METRICS] = self.others
+        return attrs
+
+    def store(self, trial: optuna.Trial, fit_seconds: float) -> None:
+        set_trial_attrs(trial, self.attrs(fit_seconds))

@@ -376,3 +376,31 @@ def test_a_writer_killed_mid_write_leaves_a_storage_the_next_run_recovers(tmp_pa
     assert not (tmp_path / "killed.db-journal").exists()
     result = CliRunner().invoke(app, ["leaderboard", "--storage", url, "--study", "s"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("where", ["sqlite", "memory"])
+def test_a_trial_s_attributes_are_written_together_as_optuna_writes_each(tmp_path, where):
+    """One transaction on an RDB storage (eight per shared trial before), one by one elsewhere."""
+    from sqlalchemy import event
+
+    from bln_search.storage import open_storage, set_trial_attrs
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}") if where == "sqlite" else None
+    commits = []
+    if storage is not None:
+        event.listen(storage.engine, "commit", lambda connection: commits.append(1))
+    study = optuna.create_study(storage=storage)
+    trial, plain = study.ask(), study.ask()
+    user, system = {"history": [0.5, 0.25], "worker": "h:1"}, {"artifacts:1": '{"a": 1}'}
+    commits.clear()
+    set_trial_attrs(trial, user, system)
+    assert len(commits) == (1 if where == "sqlite" else 0)
+    assert trial.user_attrs == user  # the trial's own copy too, which pruners read
+    for key, value in user.items():
+        plain.set_user_attr(key, value)
+    for key, value in system.items():
+        study._storage.set_trial_system_attr(plain._trial_id, key, value)
+    written, expected = (study.tell(t, 1.0) for t in (trial, plain))
+    assert written.user_attrs == expected.user_attrs == user
+    assert {k: written.system_attrs[k] for k in system} == system
+    assert {k: expected.system_attrs[k] for k in system} == system

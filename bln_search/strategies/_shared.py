@@ -17,6 +17,7 @@ from bln_search.interrupts import Deferral, deferred, interrupt_checker
 from bln_search.interrupts import check as check_interrupt
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
+from bln_search.storage import set_trial_attrs
 from bln_search.strategies._base import Strategy, batch_events, training_logs_value
 from bln_search.trials import (
     ATTR_RESUMED,
@@ -34,7 +35,7 @@ from bln_search.trials import (
     Curve,
     TrainingSetup,
     answer_repeat,
-    record_failure,
+    failure_attrs,
     suggest_config,
     work_status,
 )
@@ -141,9 +142,9 @@ class SharedStrategy(Strategy):
         observer.on_training_start(setup, [job.config for job in jobs])
         training = uuid.uuid4().hex[:12]
         for job in jobs:
-            job.trial.set_user_attr(ATTR_STRATEGY, self.name)
-            job.trial.set_user_attr(ATTR_WORKER, WORKER)
-            job.trial.set_user_attr(ATTR_TRAINING, training)
+            set_trial_attrs(
+                job.trial, {ATTR_STRATEGY: self.name, ATTR_WORKER: WORKER, ATTR_TRAINING: training}
+            )
             observer.on_trial_start(job.trial.number, job.config)
         model = self._build(setup)
         # A killed or interrupted training of the same setup continues from its last epoch.
@@ -278,9 +279,8 @@ def _end_live(
     for job in jobs:
         if job.live:
             if reason is None:
-                if checkpoints is not None:
-                    checkpoints.link(job.trial, job.curve)
-                _tell(study, job, COMPLETE, observer, seconds, value=job.curve.best())
+                link = checkpoints.link_attrs(job.curve) if checkpoints is not None else None
+                _tell(study, job, COMPLETE, observer, seconds, value=job.curve.best(), link=link)
             else:
                 _tell(study, job, FAIL, observer, seconds, reason=reason, message=message)
 
@@ -296,15 +296,26 @@ def _answer(study, job: ConfigTrial, earlier) -> None:
 
 
 def _tell(
-    study, job: ConfigTrial, state, observer, seconds: float, value=None, reason=None, message=None
+    study,
+    job: ConfigTrial,
+    state,
+    observer,
+    seconds: float,
+    value=None,
+    reason=None,
+    message=None,
+    link: tuple[dict, dict] | None = None,
 ) -> None:
-    """Stores the job's curve and ends its trial (a signal meanwhile waits for the end)."""
+    """Stores the job's curve (and `link`'s attributes: its kept model) and ends its trial, in
+    two transactions (a signal meanwhile waits for the end)."""
     trial = job.trial
+    user_attrs, system_attrs = link or ({}, {})
     with deferred():
         job.live = False
-        job.curve.store(trial, seconds)
+        user_attrs = {**job.curve.attrs(seconds), **user_attrs}
         if reason:
-            record_failure(trial, reason, message or "")
+            user_attrs.update(failure_attrs(reason, message or ""))
+        set_trial_attrs(trial, user_attrs, system_attrs)
         frozen = study.tell(trial, state=state, values=value if state == COMPLETE else None)
     if observer is not None:
         observer.on_trial_end(frozen)
