@@ -131,6 +131,27 @@ def build_model(factory: Callable[..., Any], trial=None, name: str = "model fact
     return model
 
 
+def create_state(model, data: Data) -> None:
+    """Creates now the variables Keras leaves to the first traced step, so each is traced once.
+
+    `fit` and `evaluate` create the optimizer's variables and the compiled metrics' while
+    TensorFlow traces their first step, and a traced function that created variables is
+    traced again: a third of a small model's `fit`, half of its first `evaluate`. The
+    metrics are built by one eager test step on the first validation sample, their values
+    then reset. A model not built yet (no weights before its first call) is left to Keras.
+    """
+    if not model.built:
+        return
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    if not all(getattr(metric, "built", True) for metric in model.metrics):
+        sample = data.first_sample()
+        if sample is not None:
+            model.test_step(sample)
+            model.reset_metrics()
+
+
 @dataclass
 class Data:
     """Training and validation data: `(x, y)` array pairs, or batched `tf.data.Dataset`s."""
@@ -199,6 +220,16 @@ class Data:
                 break
             return int(first.shape[0])
         raise DataError("the training dataset is empty or not batched: batch it with .batch(n)")
+
+    def first_sample(self):
+        """The first validation sample as a batch of one (a dataset's first batch), or None."""
+        if self.is_dataset:
+            for batch in self.validation.take(1):
+                return batch
+            return None
+        import keras
+
+        return keras.tree.map_structure(lambda values: values[:1], self.validation)
 
     def validation_dataset(self, batch_size: int):
         """The validation data as one reusable, cached `tf.data.Dataset`.

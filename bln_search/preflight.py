@@ -14,7 +14,13 @@ import optuna
 
 from bln_search.baselines import replace_bln
 from bln_search.errors import DataError, MetricNotReported, UsageError, UserCodeError, first_line
-from bln_search.loading import Data, build_model, check_data_fits_model, takes_trial
+from bln_search.loading import (
+    Data,
+    build_model,
+    check_data_fits_model,
+    create_state,
+    takes_trial,
+)
 from bln_search.trials import TrainingSetup
 
 __all__ = ["check_labels", "check_metric", "preflight"]
@@ -56,6 +62,7 @@ def preflight(
     if not data.is_dataset:
         batch = choose_batch(model, setup.batch_size, data.validation_size, evaluation_batch_size)
     try:
+        create_state(model, data)  # so the evaluation step below is traced once
         with grouped_inference(model, setup.batch_size if batch else None):
             first = data.validation_dataset(batch or setup.batch_size).take(1)
             logs = model.evaluate(first, verbose=0, return_dict=True)

@@ -96,20 +96,37 @@ def test_shared_trains_once_and_stores_ordinary_trials(data, storage):
         assert unit_of(trial) == TrainingSetup(0, 16)
 
 
-def test_a_shared_training_traces_its_training_step_once(data, storage, monkeypatch):
-    """Adam's variables exist before `fit`: a trace that creates variables is traced again."""
+def test_each_training_traces_its_training_and_evaluation_steps_once(data, storage, monkeypatch):
+    """Adam's and the metrics' variables exist before the first trace: a trace that creates
+    variables is traced again. Two seeds: the preflight's model, then one built for a training."""
     import keras
+    import tensorflow as tf
 
     traced = []
-    train_step = keras.Model.train_step
-    monkeypatch.setattr(
-        keras.Model, "train_step", lambda self, data: traced.append(1) or train_step(self, data)
-    )
+
+    def counting(step):
+        original = getattr(keras.Model, step)
+
+        def counted(self, batch):
+            if not tf.executing_eagerly():
+                traced.append(step)
+            return original(self, batch)
+
+        return counted
+
+    for step in ("train_step", "test_step"):
+        monkeypatch.setattr(keras.Model, step, counting(step))
     study = bln_search.search(
-        models.build_adam_dropout, data, study_name="s", storage=storage, epochs=1, batch_size=16
+        models.build_adam_dropout,
+        data,
+        study_name="s",
+        storage=storage,
+        epochs=1,
+        batch_size=16,
+        seeds=2,
     )
-    assert len(traced) == 1
-    assert all(t.state == COMPLETE for t in study.trials)
+    assert sorted(traced) == ["test_step", "test_step", "train_step", "train_step"]
+    assert len(study.trials) == 32 and all(t.state == COMPLETE for t in study.trials)
 
 
 def test_a_pruned_configuration_stops_being_evaluated_and_training_stops_when_all_are(

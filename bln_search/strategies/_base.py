@@ -109,32 +109,21 @@ class Strategy:
         import keras
 
         from bln_search.baselines import replace_bln
-        from bln_search.loading import build_model
+        from bln_search.loading import build_model, create_state
 
         if self._ready is not None and self._ready[0] == setup and trial is None:
             model, self._ready = self._ready[1], None
-            return _with_optimizer_built(model)
+            create_state(model, self.data)
+            return model
         self._ready = None
         # Without gc: a full collection per trial costs more than the fit of a small model.
         keras.backend.clear_session(free_memory=False)
         keras.utils.set_random_seed(setup.seed)
         model = build_model(self.model_factory, trial)
-        return _with_optimizer_built(
-            replace_bln(model, setup.variant) if setup.is_baseline else model
-        )
-
-
-def _with_optimizer_built(model):
-    """`model` with its optimizer's variables created now, as `fit` would create them.
-
-    Left to `fit`, they are created while TensorFlow traces the first training step, and
-    a trace that creates variables is traced again: a third of a small model's `fit`. A
-    model not built yet (no weights before its first call) is left to `fit`.
-    """
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and not optimizer.built and model.built:
-        optimizer.build(model.trainable_variables)
-    return model
+        if setup.is_baseline:
+            model = replace_bln(model, setup.variant)
+        create_state(model, self.data)
+        return model
 
 
 def training_logs_value(logs: dict, metric: str, epoch: int) -> float:
