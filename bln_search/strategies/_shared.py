@@ -187,8 +187,7 @@ class SharedStrategy(Strategy):
                 check_interrupt()
                 if job.config is not None:
                     configure(model, job.config)
-                with grouped_inference(model, setup.batch_size if evaluation_batch else None):
-                    results = model.evaluate(validation, verbose=0, return_dict=True)
+                results = model.evaluate(validation, verbose=0, return_dict=True)
                 if metric not in results:
                     raise MetricNotReported(settings.metric, [f"val_{name}" for name in results])
                 value = float(results[metric])
@@ -227,7 +226,8 @@ class SharedStrategy(Strategy):
 
         class EvaluateEveryConfiguration(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
-                evaluate_all(epoch, logs or {})
+                with grouped_inference(model, setup.batch_size if evaluation_batch else None):
+                    evaluate_all(epoch, logs or {})
 
         callbacks = [
             ResetPopulationStatistics(),
