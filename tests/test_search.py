@@ -12,7 +12,7 @@ import bln_search
 from bln_search import SearchInterrupted, SearchObserver
 from bln_search.config import FLAG_NAMES
 from bln_search.errors import SearchFailed
-from bln_search.trials import TrainingSetup, config_of, work_status
+from bln_search.trials import TrainingSetup, config_of, setup_of, work_status
 from tests.fixtures import models
 
 
@@ -215,6 +215,27 @@ def test_the_grid_queues_each_trial_with_its_flags_so_taking_it_writes_none(stor
     monkeypatch.setattr(optuna.storages.RDBStorage, "_set_trial_param", lambda *a: writes.append(a))
     trial = study.ask()
     assert suggest_config(trial) == config_of(waiting[0]) and writes == []
+
+
+def test_the_grid_hands_out_the_next_training_s_trials_and_skips_those_another_worker_took(
+    storage,
+):
+    from bln_search.sources import GridSource
+
+    study = optuna.create_study(storage=storage)
+    source = GridSource([TrainingSetup(0, 8), TrainingSetup(0, 16)])
+    source.prepare(study, created=True)
+    assert source.next_training(study) == 16
+    other = optuna.load_study(study_name=study.study_name, storage=storage)
+    taken_by_other = other.ask()  # the first queued trial
+    numbers = []
+    while (trial := source.ask(study)) is not None:
+        numbers.append(trial.number)
+    assert numbers == list(range(1, 16))  # the rest of batch size 8's, in queue order
+    assert {setup_of(t) for t in study.trials[:16]} == {TrainingSetup(0, 8)}
+    assert taken_by_other.number == 0
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert len(running) == 16 and source.next_training(study) == 16  # batch size 16's next
 
 
 def study_names(storage):

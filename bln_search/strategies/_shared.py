@@ -100,7 +100,9 @@ class SharedStrategy(Strategy):
         groups: dict[TrainingSetup, list[ConfigTrial]] = {}
         for _ in range(count):
             with deferred():  # taken at once: an interrupt from here on finds it in `taken`
-                trial = study.ask()
+                trial = source.ask(study)
+                if trial is None:  # other workers took the rest
+                    break
                 job = ConfigTrial(trial, None, Curve(self.settings.direction))
                 taken.append(job)
                 TrialHeartbeats.beat_once(self.storage, trial)
