@@ -9,7 +9,6 @@ from keras import constraints, initializers, ops, regularizers
 
 from bln_search.config import FLAG_NAMES, StatisticsConfig
 from bln_search.layer_gradient import (
-    batch_moments,
     cast,
     grouped_batch_moments,
     mixing_weights,
@@ -327,25 +326,16 @@ class BatchLayerNormalization(keras.layers.Layer):
         static = x.shape[0]
         batch_size = float(static) if static is not None else ops.cast(ops.shape(x)[0], dtype)
         weights = None if mask is None else sample_weights(mask, x)
-        feature_mean, feature_var = moments(x, -1)
 
         if training and self.trainable:
-            batch_mean, batch_var, count = batch_moments(x, weights)
-            feature_weight, batch_weight = mixing_weights(batch_size, channels, self.delta)
-            statistics = (batch_mean, batch_var, feature_mean, feature_var)
-            outputs = normalize_for_training(
-                x,
-                gamma,
-                beta,
-                statistics,
-                weights,
-                count,
-                (feature_weight, batch_weight),
-                self.epsilon,
+            mixing = mixing_weights(batch_size, channels, self.delta)
+            outputs, statistics, count = normalize_for_training(
+                x, gamma, beta, weights, mixing, self.epsilon
             )
             self._update_population(statistics, weights, count, batch_size, dtype)
             return cast(outputs, self.compute_dtype)
 
+        feature_mean, feature_var = moments(x, -1)
         batch_mean, batch_var = grouped_batch_moments(x, self._group_variable, weights)
 
         def pick(flag, population, current):

@@ -35,20 +35,22 @@ def moments(x, axis):
 
 
 def batch_moments(x, weights=None):
-    """Per position: mean and biased variance over axis 0, and the number of samples.
+    """Per position: mean and biased variance over axis 0, the number of samples, and `x`
+    minus the mean (which the training pass normalizes, so it is computed once).
 
     With `weights` (0/1, from `sample_weights`) only the kept samples count; a
-    position with none gets mean 0 and variance 0. Returns `(mean, var, count)`
-    with `count` of shape `(d1, ..., dk, 1)`, or `None` without weights.
+    position with none gets mean 0 and variance 0. Returns `(mean, var, count,
+    centered)` with `count` of shape `(d1, ..., dk, 1)`, or `None` without weights.
     """
     if weights is None:
         mean = ops.mean(x, axis=0)
-        return mean, ops.mean(ops.square(x - mean), axis=0), None
+        centered = x - mean
+        return mean, ops.mean(centered * centered, axis=0), None, centered
     count = ops.sum(weights, axis=0)
     divisor = ops.maximum(count, 1.0)
     mean = ops.sum(weights * x, axis=0) / divisor
-    var = ops.sum(weights * ops.square(x - mean), axis=0) / divisor
-    return mean, var, count
+    centered = x - mean
+    return mean, ops.sum(weights * (centered * centered), axis=0) / divisor, count, centered
 
 
 def grouped_batch_moments(x, group_size, weights=None):
@@ -112,12 +114,13 @@ def step_statistics(batch_mean, batch_var, feature_mean, feature_var, weights, c
     return batch_mean, batch_var * bessel, mean_feature_mean, mean_feature_var, count
 
 
-def normalize_for_training(x, gamma, beta, moments, weights, count, mixing, epsilon):
-    """BLN's training forward pass with a hand-written backward pass.
+def normalize_for_training(x, gamma, beta, weights, mixing, epsilon):
+    """BLN's training forward pass with a hand-written backward pass, and the step's moments.
 
-    `moments` are `(batch_mean, batch_var, feature_mean, feature_var)` of `x` (and
-    `count` the kept samples per position, with `weights`), computed beside this
-    function (they feed the population statistics too); the
+    Returns `(outputs, (batch_mean, batch_var, feature_mean, feature_var), count)`,
+    `count` the kept samples per position with `weights` (else `None`). The moments
+    are taken from `x` beside the custom gradient (they feed the population statistics
+    too), in two passes whose centred input is the one the output normalizes; the
     custom gradient covers the output only, so every backend's `custom_gradient`
     (TensorFlow, JAX, PyTorch) sees one output and one upstream gradient. Its
     backward is the total derivative with respect to `x`, the moments' dependence
@@ -127,11 +130,22 @@ def normalize_for_training(x, gamma, beta, moments, weights, count, mixing, epsi
 
     Autodiff of the two normalizations builds about twice the graph a single
     BatchNormalization does; the closed-form gradient below (the usual
-    normalization backward, once per axis) makes training about 25 % faster.
+    normalization backward, once per axis) is faster on every backend. The
+    mixing weight and the inverse deviation of each axis are folded into one
+    small scale tensor, so the full-size work is two products and a sum.
     """
     reduce_axes = list(range(len(x.shape) - 1))
     feature_weight, batch_weight = mixing
-    batch_mean, batch_var, feature_mean, feature_var = (ops.stop_gradient(v) for v in moments)
+    x = ops.convert_to_tensor(x)  # `stateless_call` passes its inputs as given, NumPy too
+    constant = ops.stop_gradient(x)  # the moments need no graph: the backward is closed-form
+    feature_mean = ops.mean(constant, axis=-1, keepdims=True)
+    feature_centered = constant - feature_mean
+    feature_var = ops.mean(feature_centered * feature_centered, axis=-1, keepdims=True)
+    batch_mean, batch_var, count, batch_centered = batch_moments(constant, weights)
+    feature_rstd = ops.rsqrt(feature_var + epsilon)
+    batch_rstd = ops.rsqrt(batch_var + epsilon)
+    feature_scale = feature_weight * feature_rstd  # (m, d1, ..., dk, 1)
+    batch_scale = batch_weight * batch_rstd  # (d1, ..., dk, C)
 
     def batch_average(value):
         if weights is None:
@@ -140,23 +154,27 @@ def normalize_for_training(x, gamma, beta, moments, weights, count, mixing, epsi
 
     @ops.custom_gradient
     def forward(x, gamma, beta):
-        batch_rstd = ops.rsqrt(batch_var + epsilon)
-        feature_rstd = ops.rsqrt(feature_var + epsilon)
-        x_batch = (x - batch_mean) * batch_rstd
-        x_feature = (x - feature_mean) * feature_rstd
-        x_hat = feature_weight * x_feature + batch_weight * x_batch
-        outputs = gamma * x_hat + beta
+        x_hat = feature_centered * feature_scale + batch_centered * batch_scale
+        outputs = x_hat * gamma + beta
 
         def backward(*args, upstream=None):
             grad = upstream if upstream is not None else args[0]
             g = grad * gamma
-            grad_batch = (batch_weight * batch_rstd) * (
-                g - batch_average(g) - x_batch * batch_average(g * x_batch)
+            # Per axis: scale * (g - mean(g) - x_norm * mean(g * x_norm)), x_norm = centered * rstd.
+            grad_batch = batch_scale * (
+                g
+                - batch_average(g)
+                - batch_centered * (batch_rstd * batch_rstd * batch_average(g * batch_centered))
             )
-            grad_feature = (feature_weight * feature_rstd) * (
+            grad_feature = feature_scale * (
                 g
                 - ops.mean(g, axis=-1, keepdims=True)
-                - x_feature * ops.mean(g * x_feature, axis=-1, keepdims=True)
+                - feature_centered
+                * (
+                    feature_rstd
+                    * feature_rstd
+                    * ops.mean(g * feature_centered, axis=-1, keepdims=True)
+                )
             )
             return (
                 grad_batch + grad_feature,
@@ -166,4 +184,5 @@ def normalize_for_training(x, gamma, beta, moments, weights, count, mixing, epsi
 
         return outputs, backward
 
-    return forward(x, gamma, beta)
+    outputs = forward(x, gamma, beta)
+    return outputs, (batch_mean, batch_var, feature_mean, feature_var), count
