@@ -359,7 +359,10 @@ class BatchLayerNormalization(keras.layers.Layer):
         return cast(outputs, self.compute_dtype)
 
     def _update_population(self, statistics, weights, count, batch_size, dtype):
-        """Folds one step into the population; a position with no kept sample is skipped."""
+        """Folds one step into the population; a position with no kept sample is skipped.
+
+        `assign` casts to each variable's own dtype, so nothing is cast here.
+        """
         *values, count = step_statistics(*statistics, weights, count, batch_size)
         position_steps = cast(self.moving_position_steps, dtype)
         seen = 1.0 if weights is None else ops.cast(count > 0, dtype)
@@ -375,16 +378,13 @@ class BatchLayerNormalization(keras.layers.Layer):
         )
         for variable, value in zip(population, values):
             current = cast(variable, dtype)
-            variable.assign(cast(current + rate * (value - current), variable.dtype))
+            variable.assign(current + rate * (value - current))
         steps = cast(self.moving_steps, dtype)
-        largest = ops.where(
-            steps > 0, ops.maximum(cast(self.training_batch_size, dtype), batch_size), batch_size
-        )
-        self.training_batch_size.assign(cast(largest, self.training_batch_size.dtype))
-        self.moving_steps.assign(cast(steps + 1.0, self.moving_steps.dtype))
-        self.moving_position_steps.assign(
-            cast(position_steps + seen, self.moving_position_steps.dtype)
-        )
+        # The largest batch since the last reset: `sign(steps)` is 0 right after one.
+        previous = cast(self.training_batch_size, dtype) * ops.sign(steps)
+        self.training_batch_size.assign(ops.maximum(previous, batch_size))
+        self.moving_steps.assign(steps + 1.0)
+        self.moving_position_steps.assign(position_steps + seen)
 
     def compute_output_shape(self, input_shape):
         return input_shape
