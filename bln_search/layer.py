@@ -16,6 +16,7 @@ from bln_search.layer_gradient import (
     normalize_for_training,
     sample_weights,
     step_statistics,
+    write,
 )
 
 _PACKAGE = "bln_search"
@@ -361,7 +362,7 @@ class BatchLayerNormalization(keras.layers.Layer):
     def _update_population(self, statistics, weights, count, batch_size, dtype):
         """Folds one step into the population; a position with no kept sample is skipped.
 
-        `assign` casts to each variable's own dtype, so nothing is cast here.
+        `write` casts to each variable's dtype (as `assign` does), so nothing is cast here.
         """
         *values, count = step_statistics(*statistics, weights, count, batch_size)
         position_steps = cast(self.moving_position_steps, dtype)
@@ -378,13 +379,13 @@ class BatchLayerNormalization(keras.layers.Layer):
         )
         for variable, value in zip(population, values):
             current = cast(variable, dtype)
-            variable.assign(current + rate * (value - current))
+            write(variable, current + rate * (value - current))
         steps = cast(self.moving_steps, dtype)
         # The largest batch since the last reset: `sign(steps)` is 0 right after one.
         previous = cast(self.training_batch_size, dtype) * ops.sign(steps)
-        self.training_batch_size.assign(ops.maximum(previous, batch_size))
-        self.moving_steps.assign(steps + 1.0)
-        self.moving_position_steps.assign(position_steps + seen)
+        write(self.training_batch_size, ops.maximum(previous, batch_size))
+        write(self.moving_steps, steps + 1.0)
+        write(self.moving_position_steps, position_steps + seen)
 
     def compute_output_shape(self, input_shape):
         return input_shape

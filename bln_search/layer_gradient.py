@@ -4,12 +4,58 @@ statistics, and the training pass with a closed-form gradient."""
 import keras
 from keras import ops
 
+try:  # Keras has no public "inside stateless_call?" test; without it, `write` assigns.
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+except ImportError:  # pragma: no cover
+
+    def in_stateless_scope():
+        return True
+
 
 def cast(value, dtype):
     """`ops.cast` only where the dtype differs: on eager PyTorch every op has a cost."""
     if keras.backend.standardize_dtype(value.dtype) == dtype:
         return value.value if isinstance(value, keras.Variable) else value
     return ops.cast(value, dtype)
+
+
+def mean_over(x, axis, keepdims=False):
+    """`ops.mean` over `axis`; on PyTorch, the tensor's own `mean` (what `ops.mean` calls).
+
+    On eager PyTorch every keras.ops call costs some 10 to 30 us whatever the
+    tensor's size (`ops.mean` resolves dtypes each time), and a training step
+    takes a dozen reductions per layer; the arithmetic is the same.
+    """
+    if keras.backend.backend() == "torch":
+        return x.mean(axis, keepdim=keepdims)
+    return ops.mean(x, axis=axis, keepdims=keepdims)
+
+
+def reduce_sum(x, axis, keepdims=False):
+    """`ops.sum` over `axis`; on PyTorch, the tensor's own `sum`, as `mean_over`."""
+    if keras.backend.backend() == "torch":
+        return x.sum(axis, keepdim=keepdims)
+    return ops.sum(x, axis=axis, keepdims=keepdims)
+
+
+def write(variable, value):
+    """`variable.assign(value)`; on eager PyTorch, the in-place copy that `assign` ends with.
+
+    There `assign` is `variable.value.copy_(value)` after some 15 us of conversions
+    and checks, and a training step writes seven state variables per layer. `value`
+    has the variable's shape, and the copy casts it to the variable's dtype as
+    `assign` does; the layer's state never autocasts, so `variable.value` is the
+    variable's own tensor. Inside `stateless_call` (which records assignments
+    instead of making them) and under `torch.compile`, it assigns.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if not in_stateless_scope() and not torch.compiler.is_compiling():
+            with torch.no_grad():
+                variable.value.copy_(value)
+            return
+    variable.assign(value)
 
 
 def sample_weights(mask, x):
@@ -43,14 +89,14 @@ def batch_moments(x, weights=None):
     centered)` with `count` of shape `(d1, ..., dk, 1)`, or `None` without weights.
     """
     if weights is None:
-        mean = ops.mean(x, axis=0)
+        mean = mean_over(x, 0)
         centered = x - mean
-        return mean, ops.mean(centered * centered, axis=0), None, centered
-    count = ops.sum(weights, axis=0)
+        return mean, mean_over(centered * centered, 0), None, centered
+    count = reduce_sum(weights, 0)
     divisor = ops.maximum(count, 1.0)
-    mean = ops.sum(weights * x, axis=0) / divisor
+    mean = reduce_sum(weights * x, 0) / divisor
     centered = x - mean
-    return mean, ops.sum(weights * (centered * centered), axis=0) / divisor, count, centered
+    return mean, reduce_sum(weights * (centered * centered), 0) / divisor, count, centered
 
 
 def grouped_batch_moments(x, group_size, weights=None):
@@ -101,12 +147,12 @@ def step_statistics(batch_mean, batch_var, feature_mean, feature_var, weights, c
     """
     if weights is None:
         count = m
-        mean_feature_mean = ops.mean(feature_mean, axis=0)
-        mean_feature_var = ops.mean(feature_var, axis=0)
+        mean_feature_mean = mean_over(feature_mean, 0)
+        mean_feature_var = mean_over(feature_var, 0)
     else:
         divisor = ops.maximum(count, 1.0)
-        mean_feature_mean = ops.sum(weights * feature_mean, axis=0) / divisor
-        mean_feature_var = ops.sum(weights * feature_var, axis=0) / divisor
+        mean_feature_mean = reduce_sum(weights * feature_mean, 0) / divisor
+        mean_feature_var = reduce_sum(weights * feature_var, 0) / divisor
     if isinstance(count, float):  # a static batch size: Python arithmetic, no ops
         bessel = count / (count - 1.0) if count > 1.0 else 1.0
     else:
@@ -138,9 +184,9 @@ def normalize_for_training(x, gamma, beta, weights, mixing, epsilon):
     feature_weight, batch_weight = mixing
     x = ops.convert_to_tensor(x)  # `stateless_call` passes its inputs as given, NumPy too
     constant = ops.stop_gradient(x)  # the moments need no graph: the backward is closed-form
-    feature_mean = ops.mean(constant, axis=-1, keepdims=True)
+    feature_mean = mean_over(constant, -1, keepdims=True)
     feature_centered = constant - feature_mean
-    feature_var = ops.mean(feature_centered * feature_centered, axis=-1, keepdims=True)
+    feature_var = mean_over(feature_centered * feature_centered, -1, keepdims=True)
     batch_mean, batch_var, count, batch_centered = batch_moments(constant, weights)
     feature_rstd = ops.rsqrt(feature_var + epsilon)
     batch_rstd = ops.rsqrt(batch_var + epsilon)
@@ -149,8 +195,8 @@ def normalize_for_training(x, gamma, beta, weights, mixing, epsilon):
 
     def batch_average(value):
         if weights is None:
-            return ops.mean(value, axis=0)
-        return weights * (ops.sum(value, axis=0) / ops.maximum(count, 1.0))
+            return mean_over(value, 0)
+        return weights * (reduce_sum(value, 0) / ops.maximum(count, 1.0))
 
     @ops.custom_gradient
     def forward(x, gamma, beta):
@@ -168,18 +214,14 @@ def normalize_for_training(x, gamma, beta, weights, mixing, epsilon):
             )
             grad_feature = feature_scale * (
                 g
-                - ops.mean(g, axis=-1, keepdims=True)
+                - mean_over(g, -1, keepdims=True)
                 - feature_centered
-                * (
-                    feature_rstd
-                    * feature_rstd
-                    * ops.mean(g * feature_centered, axis=-1, keepdims=True)
-                )
+                * (feature_rstd * feature_rstd * mean_over(g * feature_centered, -1, keepdims=True))
             )
             return (
                 grad_batch + grad_feature,
-                ops.sum(grad * x_hat, axis=reduce_axes),
-                ops.sum(grad, axis=reduce_axes),
+                reduce_sum(grad * x_hat, reduce_axes),
+                reduce_sum(grad, reduce_axes),
             )
 
         return outputs, backward

@@ -138,6 +138,35 @@ def test_reset_restarts_the_average_but_keeps_values_until_the_next_step():
     assert float(layer.training_batch_size) == m == 3
 
 
+def test_stateless_training_returns_the_new_state_and_writes_no_variable():
+    """`stateless_call` records the population update: on PyTorch, where a training step
+    writes its state in place, neither the layer nor the state passed in may change."""
+    rng = np.random.default_rng(23)
+    layer, reference = random_layer((4, 5), rng)
+    before = [keras.ops.convert_to_numpy(v).copy() for v in layer.non_trainable_variables]
+    state = [keras.ops.convert_to_tensor(value.copy()) for value in before]
+    x = batch(rng, 6, (4, 5))
+    out, new_state = layer.stateless_call(
+        [v.value for v in layer.trainable_variables], state, x, training=True
+    )
+    assert max_error(out, reference.train(x)) <= ATOL
+    for name, value, variable, given in zip(
+        [v.name for v in layer.non_trainable_variables],
+        before,
+        layer.non_trainable_variables,
+        state,
+    ):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value, err_msg=name)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(given), value, err_msg=name)
+    new = dict(zip([v.name for v in layer.non_trainable_variables], new_state))
+    for name, expected in zip(
+        ["moving_batch_mean", "moving_batch_variance", "moving_feature_mean"],
+        reference.population(),
+    ):
+        assert max_error(new[name], expected) <= ATOL, name
+    assert float(new["moving_steps"]) == 1 and float(new["training_batch_size"]) == 6
+
+
 def test_flags_are_validated_and_round_trip_through_config():
     with pytest.raises(TypeError, match="batch_moving_var"):
         BatchLayerNormalization(batch_moving_var="yes")
