@@ -365,6 +365,11 @@ def _write_trial_attrs(trial, user_attrs: dict, system_attrs: dict | None) -> No
     storage, trial_id = trial.storage, trial._trial_id
     backend = getattr(storage, "_backend", storage)  # Optuna's cache writes through to it
     write = getattr(backend, "_set_trial_attr_without_commit", None)
+    try:  # Optuna's internals (4.x, 5.x): another version gets the public path below.
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+    except ImportError:
+        write = None
     if write is None or not hasattr(backend, "scoped_session"):
         for key, value in user_attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
@@ -372,9 +377,6 @@ def _write_trial_attrs(trial, user_attrs: dict, system_attrs: dict | None) -> No
             storage.set_trial_system_attr(trial_id, key, value)
         return
     # Optuna's own `set_trial_user_attr`, with one session around all of them.
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-
     with _create_scoped_session(backend.scoped_session, True) as session:
         for key, value in user_attrs.items():
             write(session, models.TrialUserAttributeModel, trial_id, key, value)
