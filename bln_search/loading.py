@@ -140,8 +140,10 @@ def create_state(model, data: Data) -> None:
     metrics are built by one eager test step on the first validation sample, their values
     then reset. A model not built yet (no weights before its first call) is left to Keras.
     """
-    if not model.built:
-        return
+    import keras
+
+    if not model.built or keras.backend.backend() != "tensorflow":
+        return  # the retrace is TensorFlow's; JAX's `test_step` is stateless (state, data)
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
         optimizer.build(model.trainable_variables)
