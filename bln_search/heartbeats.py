@@ -22,6 +22,35 @@ def _trial_id(trial) -> int:
     return trial._trial_id
 
 
+class OrphanWatch:
+    """Gives a heartbeat, once, to every running trial a waiting worker has not seen before.
+
+    A worker killed between Optuna's ask and its first heartbeat leaves a running
+    trial with no heartbeat at all, which Optuna never finds stale (it only compares
+    recorded heartbeats): a re-run waiting for it waited forever. One beat from here
+    makes it lapse one grace period later like any dead worker's trial; a live
+    owner's own beats go on, and a trial already beating lapses at most one grace
+    period late, once.
+    """
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.seen: set[int] = set()
+
+    def __call__(self, study) -> None:
+        if not heartbeat_interval(self.storage):
+            return
+        from optuna.trial import TrialState
+
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial._trial_id not in self.seen:
+                self.seen.add(trial._trial_id)
+                try:
+                    self.storage.record_heartbeat(trial._trial_id)
+                except Exception:  # finished meanwhile: nothing to watch
+                    pass
+
+
 class TrialHeartbeats:
     """Records a heartbeat for every live trial of a shared training, through the storage's public API.
 

@@ -68,7 +68,12 @@ def start_worker(
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    out, err = process.communicate(timeout=timeout)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()  # a stalled worker must not outlive the test
+        process.communicate()
+        raise
     assert process.returncode == 0, err
     return err
 
@@ -342,3 +347,21 @@ def test_a_sampler_trains_distinct_configurations_across_a_kill_and_a_rerun(tmp_
     assert not study.get_trials(states=(RUNNING,))
     fresh = [t for t in study.trials if t.state == COMPLETE and not is_repeat(t)]
     assert len(fresh) == len({config_of(t) for t in fresh}) == 8
+
+
+def test_a_trial_killed_before_its_first_heartbeat_does_not_stall_a_rerun(tmp_path):
+    """A worker killed between Optuna's ask and its first heartbeat leaves a running trial
+    with no heartbeat, which Optuna never finds stale: the re-run waited for it forever."""
+    from bln_search.storage import open_storage
+
+    storage = f"sqlite:///{tmp_path / 'orphan.db'}"
+    args = ["--sampler", "random", "--trials", "1", "--strategy", "per-trial", "--epochs", "1"]
+    args += ["--heartbeat", "1"]
+    finish(start_worker(storage, "orphan", *args, cwd=tmp_path))
+    study = optuna.load_study(
+        study_name="orphan", storage=open_storage(storage, heartbeat_seconds=1)
+    )
+    orphan = study.ask()  # running, never a heartbeat: its worker "died" right here
+    finish(start_worker(storage, "orphan", *args, cwd=tmp_path), timeout=120)
+    left = optuna.load_study(study_name="orphan", storage=storage).trials[orphan.number]
+    assert left.state == optuna.trial.TrialState.FAIL

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import optuna
 
 from bln_search.errors import MetricNotReported
+from bln_search.heartbeats import OrphanWatch
 from bln_search.interrupts import check as check_interrupt
 from bln_search.loading import Data
 from bln_search.observer import BATCH_EVENT_SECONDS, SearchObserver
@@ -71,6 +72,7 @@ class Strategy:
         self.artifacts = artifacts
         # (setup, model): a model the preflight check already built under that setup's seed.
         self._ready = first_model
+        self._orphans = OrphanWatch(storage)
 
     def run(
         self,
@@ -87,6 +89,7 @@ class Strategy:
 
     def _idle(self, study: optuna.Study, source: TrialSource) -> bool:
         """Called with no work available: True to look again (other workers may hand work back)."""
+        self._orphans(study)  # a trial killed before its first heartbeat lapses too
         return source.wait_for_others(study, self._poll())
 
     def _poll(self) -> float:
