@@ -1,6 +1,6 @@
 """A shared search killed after epoch 8 of 10 and resumed, against the same search uninterrupted.
 
-Run: python benchmarks/resume.py [--epochs 10 --kill-after 8 --signal TERM]
+Run: python benchmarks/resume.py [--epochs 10 --kill-after 8 --signal TERM --batch-size 32]
 
 Both are real `bln-search run` processes on the digits CNN (all 16 configurations,
 no pruning, no patience), each in its own temporary folder and SQLite study, one
@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--kill-after", type=int, default=8)
     parser.add_argument("--signal", choices=("TERM", "INT", "KILL"), default="TERM")
     parser.add_argument("--heartbeat", type=int, default=2)
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="smaller: longer epochs, same process starts"
+    )
     args = parser.parse_args()
     command = [
         str(BIN),
@@ -80,6 +83,8 @@ def main() -> None:
         "0",
         "--heartbeat",
         str(args.heartbeat),
+        "--batch-sizes",
+        str(args.batch_size),
         "-q",
         "--study",
         STUDY,
@@ -107,7 +112,8 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"digits CNN, {args.epochs} epochs, 16 configurations, SIG{args.signal} "
+        title=f"digits CNN, batch size {args.batch_size}, {args.epochs} epochs, 16 configurations, "
+        f"SIG{args.signal} "
         f"after epoch {args.kill_after}"
     )
     for column in ("search", "wall s", "/ uninterrupted", "same values"):
