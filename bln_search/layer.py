@@ -336,7 +336,7 @@ class BatchLayerNormalization(keras.layers.Layer):
             self._update_population(statistics, weights, count, batch_size, dtype)
             return cast(outputs, self.compute_dtype)
 
-        feature_mean, feature_var = moments(x, -1)
+        feature_mean, feature_var, _ = moments(x, -1)
         batch_mean, batch_var = grouped_batch_moments(x, self._group_variable, weights)
 
         def pick(flag, population, current):

@@ -70,14 +70,16 @@ def sample_weights(mask, x):
 
 
 def moments(x, axis):
-    """Mean and biased variance over `axis` (kept), in two passes on every backend.
+    """Mean and biased variance over `axis` (kept), in two passes on every backend, and `x`
+    minus the mean (which the training pass normalizes, so it is computed once).
 
     `keras.ops.moments` on PyTorch uses `E[x^2] - E[x]^2`, which loses digits to
     cancellation when the mean is large against the spread; TensorFlow and JAX
     subtract the mean first, as this does.
     """
-    mean = ops.mean(x, axis=axis, keepdims=True)
-    return mean, ops.mean(ops.square(x - mean), axis=axis, keepdims=True)
+    mean = mean_over(x, axis, keepdims=True)
+    centered = x - mean
+    return mean, mean_over(centered * centered, axis, keepdims=True), centered
 
 
 def batch_moments(x, weights=None):
@@ -184,9 +186,7 @@ def normalize_for_training(x, gamma, beta, weights, mixing, epsilon):
     feature_weight, batch_weight = mixing
     x = ops.convert_to_tensor(x)  # `stateless_call` passes its inputs as given, NumPy too
     constant = ops.stop_gradient(x)  # the moments need no graph: the backward is closed-form
-    feature_mean = mean_over(constant, -1, keepdims=True)
-    feature_centered = constant - feature_mean
-    feature_var = mean_over(feature_centered * feature_centered, -1, keepdims=True)
+    feature_mean, feature_var, feature_centered = moments(constant, -1)
     batch_mean, batch_var, count, batch_centered = batch_moments(constant, weights)
     feature_rstd = ops.rsqrt(feature_var + epsilon)
     batch_rstd = ops.rsqrt(batch_var + epsilon)
