@@ -16,9 +16,9 @@ def heartbeat_interval(storage) -> int | None:
 
 
 def _trial_id(trial) -> int:
-    """The storage's id of a trial. The one private access to Optuna in bln-search: the public
-    heartbeat API (`storage.record_heartbeat`) takes this id, and an ask-and-tell trial exposes it
-    nowhere else (`Study.optimize` reads the same attribute for its own heartbeat thread)."""
+    """The storage's id of a trial: the public heartbeat API (`storage.record_heartbeat`) takes
+    this id, and a trial exposes it nowhere else (`Study.optimize` reads the same attribute for
+    its own heartbeat thread)."""
     return trial._trial_id
 
 
@@ -43,12 +43,11 @@ class OrphanWatch:
         from optuna.trial import TrialState
 
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial._trial_id not in self.seen:
-                self.seen.add(trial._trial_id)
-                try:
-                    self.storage.record_heartbeat(trial._trial_id)
-                except Exception:  # finished meanwhile: nothing to watch
-                    pass
+            if _trial_id(trial) not in self.seen:
+                self.seen.add(_trial_id(trial))
+                # Optuna records a heartbeat whatever the trial's state: one that finished
+                # meanwhile only gets a row nobody reads.
+                self.storage.record_heartbeat(_trial_id(trial))
 
 
 class TrialHeartbeats:
