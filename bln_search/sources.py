@@ -10,6 +10,7 @@ suggest configurations within a study-wide budget.
 from __future__ import annotations
 
 import time
+import warnings
 
 import optuna
 
@@ -189,7 +190,9 @@ class SamplerSource(TrialSource):
             raise UsageError("a sampler needs a trial budget (`n_trials`)")
         super().__init__(setups)
         self.n_trials = n_trials
-        self._repeats = 0
+        self._repeats = 0  # in a row, since the last nudge
+        self._in_a_row = 0  # in a row, since the last new work
+        self._exhausted = False
 
     def prepare(self, study: optuna.Study, created: bool) -> None:
         if not created:  # a resume or a second worker: not the first process's suggestions again
@@ -226,7 +229,16 @@ class SamplerSource(TrialSource):
             work_key(t) for t in trials if is_done(t) and not is_repeat(t) and not is_duplicate(t)
         }
         running = sum(t.state == RUNNING for t in trials)
-        return min(self.n_trials - len(done), self._distinct_left(done)) - running
+        left = min(self.n_trials - len(done), self._distinct_left(done)) - running
+        if left > 0 and self._in_a_row >= _GIVE_UP_AFTER and not self._exhausted:
+            warnings.warn(
+                f"the sampler suggested only work the study already has, {_GIVE_UP_AFTER} times "
+                f"in a row: stopping with {len(done)} of {self.n_trials} distinct trials (its "
+                f"search space looks exhausted)",
+                stacklevel=1,
+            )
+            self._exhausted = True
+        return 0 if self._exhausted else left
 
     def _distinct_left(self, done: set) -> int:
         """Configurations never tried (a factory with parameters of its own has no such limit)."""
@@ -259,11 +271,12 @@ class SamplerSource(TrialSource):
             if earlier.number != trial.number and not is_repeat(earlier):
                 if work_key(earlier) == key:
                     self._repeats += 1
+                    self._in_a_row += 1
                     if self._repeats >= _NUDGE_AFTER:
                         self._repeats = 0
                         self._queue_untried(study, key[2])
                     return earlier
-        self._repeats = 0
+        self._repeats = self._in_a_row = 0
         return None
 
     def _queue_untried(self, study: optuna.Study, own: tuple) -> None:
@@ -277,3 +290,6 @@ class SamplerSource(TrialSource):
 
 
 _NUDGE_AFTER = 8
+# A factory's own values cannot be listed to nudge the sampler: with its space exhausted it
+# would only repeat itself, so the search stops after this many repeats in a row.
+_GIVE_UP_AFTER = 64

@@ -379,22 +379,45 @@ class _OneConfiguration(optuna.samplers.BaseSampler):
         return {}
 
     def sample_independent(self, study, trial, name, distribution):
-        return False
+        return distribution.choices[0]
 
 
 @pytest.mark.timeout(300)
-def test_a_sampler_that_repeats_itself_still_finishes_its_budget(data, storage):
+@pytest.mark.parametrize("strategy", ["per-trial", "shared"])
+def test_a_sampler_that_repeats_itself_still_finishes_its_budget(data, storage, strategy):
+    """The shared strategy stopped after a round of asks that were all repeats (seen in CI as
+    a TPE budget of 5 ending at 3 or 4 distinct trials on a resume)."""
     study = bln_search.search(
         models.build,
         data,
         study_name="stuck",
         storage=storage,
         epochs=1,
-        strategy="per-trial",
+        strategy=strategy,
         sampler=_OneConfiguration(),
         n_trials=3,
     )
     assert len(distinct_work(study)) == 3
+
+
+def _one_learning_rate(trial):
+    return models._model(learning_rate=trial.suggest_categorical("learning_rate", [0.01]))
+
+
+@pytest.mark.timeout(300)
+def test_a_factory_whose_own_space_is_exhausted_stops_with_a_warning(data, storage):
+    """Its own values cannot be listed to nudge the sampler, which then repeats for ever."""
+    with pytest.warns(UserWarning, match="only work the study already has, 64 times in a row"):
+        study = bln_search.search(
+            _one_learning_rate,
+            data,
+            study_name="exhausted",
+            storage=storage,
+            epochs=1,
+            sampler=_OneConfiguration(),
+            n_trials=3,
+        )
+    assert len(distinct_work(study)) == 1
 
 
 def test_own_values_that_round_alike_are_still_separate_rows_and_exported_per_batch_size():

@@ -105,10 +105,13 @@ class PerTrialStrategy(Strategy):
                 reason=DUPLICATE,
             )
         observer.on_trial_start(trial.number, config)
+        model = self._build(setup, trial)  # the factory suggests its own values here
+        # Only now is the work known: a repeat checked before the build never matched a
+        # factory's own values, so an exhausted space trained the same work for ever.
         earlier = source.repeat_of(study, trial)
         if earlier is not None:  # the sampler repeated itself: the stored result answers
             return answer_repeat(trial, earlier)
-        return self._train(study, trial, config, setup, observer)
+        return self._train(study, trial, config, setup, observer, model)
 
     def _train(
         self,
@@ -117,16 +120,16 @@ class PerTrialStrategy(Strategy):
         config,
         setup: TrainingSetup,
         observer: SearchObserver,
+        model,
     ) -> float:
-        """Trains one trial, from its last checkpoint when an earlier try of the same work
-        (flags, setup and the factory's own values) was killed or interrupted."""
+        """Trains one trial's `model`, from its last checkpoint when an earlier try of the same
+        work (flags, setup and the factory's own values) was killed or interrupted."""
         import keras
 
         from bln_search.layer_tools import ResetPopulationStatistics, configure, grouped_inference
 
         settings = self.settings
         writes = self._writes
-        model = self._build(setup, trial)  # the factory suggests its own values here
         own = {k: v for k, v in trial.params.items() if k not in FLAG_NAMES}
         key = job_key(config, own)
         checkpoints = TrainingCheckpoints(self.artifacts, study, setup)

@@ -78,8 +78,8 @@ class SharedStrategy(Strategy):
                 self._tick(study)
                 groups = self._take(study, source, limit, taken)
                 if not groups:
-                    if self._idle(study, source):
-                        continue
+                    if self._answered or self._idle(study, source):
+                        continue  # answered repeats are no work: the budget may still have some
                     return
                 for setup, jobs in groups.items():
                     self._train(study, setup, jobs, observer)
@@ -97,6 +97,7 @@ class SharedStrategy(Strategy):
         done = work_status(study)[0] if source.is_grid else set()
         count = min(count, limit or count)
         self._asked_at = time.monotonic()  # at or before each of these trials' first heartbeat
+        self._answered = 0  # sampled repeats answered from stored results
         groups: dict[TrainingSetup, list[ConfigTrial]] = {}
         for _ in range(count):
             with deferred():  # taken at once: an interrupt from here on finds it in `taken`
@@ -119,6 +120,7 @@ class SharedStrategy(Strategy):
             earlier = source.repeat_of(study, trial)
             if earlier is not None:  # the sampler repeated itself: the stored result answers
                 _answer(study, job, earlier)
+                self._answered += 1
                 continue
             groups.setdefault(setup, []).append(job)
         return groups
