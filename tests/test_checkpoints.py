@@ -269,6 +269,7 @@ def test_a_sigkilled_shared_training_resumes_from_its_last_epoch_and_matches(tmp
         "1",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_DETERMINISTIC_OPS": "1"}
+    env.update(BLN_TEST_PAUSE="0")  # the victim is stopped by BLN_TEST_HANG_AT below
     env.pop("BLN_SEARCH_STORAGE", None)
     (tmp_path / "whole").mkdir(), (tmp_path / "cut").mkdir()
     whole = subprocess.run(
@@ -280,10 +281,13 @@ def test_a_sigkilled_shared_training_resumes_from_its_last_epoch_and_matches(tmp
         timeout=600,
     )
     assert whole.returncode == 0, whole.stderr
+    # The victim hangs in epoch 3's first batch, after epoch 2's checkpoint: killed there, not
+    # raced (under load a polling test saw the run finish first).
+    batches = -(-len(models.load_data()[0][0]) // 16)
     victim = subprocess.Popen(
         [str(BIN / "bln-search"), *args, "--study", "s"],
         cwd=tmp_path / "cut",
-        env=env,
+        env={**env, "BLN_TEST_HANG_AT": str(2 * batches + 1)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -291,6 +295,7 @@ def test_a_sigkilled_shared_training_resumes_from_its_last_epoch_and_matches(tmp
     while _checkpointed_epoch(tmp_path / "cut" / "bln-search.db") < 2:
         assert victim.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
+    assert _checkpointed_epoch(tmp_path / "cut" / "bln-search.db") == 2
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     rerun = subprocess.run(

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def bln_search_command(*args, cwd, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def bln_search_command(*args, cwd, timeout=600, env=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run(
         [str(BIN / "bln-search"), *args],
         cwd=cwd,
@@ -396,7 +396,7 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     interrupted = [t for t in study.trials if t.user_attrs.get("fail_reason") == "interrupted"]
     assert len(interrupted) == (1 if strategy == "per-trial" else 16)
-    rerun = bln_search_command(*args, cwd=tmp_path)
+    rerun = bln_search_command(*args, cwd=tmp_path, env={"BLN_TEST_PAUSE": "0"})
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="models-build_slow", storage=url)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -57,8 +57,11 @@ def alive(pid: int) -> bool:
     )  # a zombie has exited; only its parent can reap it
 
 
-def start_run(cwd: Path, *args: str, model: str = "build_slow") -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def start_run(
+    cwd: Path, *args: str, model: str = "build_slow", pause: str = "0.05"
+) -> subprocess.Popen:
+    """`pause`: seconds per batch of build_slow; a re-run needs none (tests/fixtures/models.py)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BLN_TEST_PAUSE": pause}
     env.pop("BLN_SEARCH_STORAGE", None)
     command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:{model}", "-q", *args]
     return subprocess.Popen(
@@ -134,7 +137,7 @@ def test_a_signal_mid_epoch_stops_like_ctrl_c_and_a_rerun_completes(tmp_path, ca
     assert len(before) >= done
     if signum == signal.SIGHUP:
         return  # the same path as SIGTERM from here on
-    rerun = start_run(tmp_path, *args, "--pruner", "none")
+    rerun = start_run(tmp_path, *args, "--pruner", "none", pause="0")
     assert rerun.wait(timeout=300) == 0, rerun.communicate()[1]
     study = load(tmp_path)
     complete = study.get_trials(states=(COMPLETE,))
@@ -168,7 +171,7 @@ def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
     study = load(tmp_path)
     assert not study.get_trials(states=(RUNNING,))
     assert len({t.user_attrs["worker"] for t in study.trials if "worker" in t.user_attrs}) == 2
-    rerun = start_run(tmp_path, *args)
+    rerun = start_run(tmp_path, *args, pause="0")
     assert rerun.wait(timeout=300) == 0, rerun.communicate()[1]
     complete = load(tmp_path).get_trials(states=(COMPLETE,))
     assert len({config_of(t) for t in complete}) == len(complete) == 16

@@ -48,10 +48,13 @@ def unique(prefix: str) -> str:
 
 
 def start_worker(
-    storage: str, study: str, *args: str, cwd: Path, model: str = "build"
+    storage: str, study: str, *args: str, cwd: Path, model: str = "build", pause: str = "0.05"
 ) -> subprocess.Popen:
-    """A `bln-search run` process; the storage URL goes in the environment, as for real users."""
+    """A `bln-search run` process; the storage URL goes in the environment, as for real users.
+
+    `pause`: seconds per batch of build_slow; a re-run needs none (tests/fixtures/models.py)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BLN_SEARCH_STORAGE": storage}
+    env["BLN_TEST_PAUSE"] = pause
     command = [
         str(BIN / "bln-search"),
         "run",
@@ -194,7 +197,7 @@ def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(
     killed = [t.number for t in study.trials if t.state == RUNNING]
     assert killed and len(killed) == (1 if strategy == "per-trial" else 8)
 
-    finish(start_worker(postgres_url, name, *args, cwd=tmp_path, model=model))
+    finish(start_worker(postgres_url, name, *args, cwd=tmp_path, model=model, pause="0"))
     study = optuna.load_study(study_name=name, storage=postgres_url)
     assert_each_configuration_complete_once(study)
     for number in killed:
@@ -225,7 +228,7 @@ def test_sigint_on_a_postgres_study_stops_cleanly_and_a_rerun_completes(postgres
     assert len(stopped) == 16 and {t.user_attrs.get("fail_reason") for t in stopped} == {
         "interrupted"
     }
-    finish(start_worker(postgres_url, name, *args, cwd=tmp_path, model="build_slow"))
+    finish(start_worker(postgres_url, name, *args, cwd=tmp_path, model="build_slow", pause="0"))
     assert_each_configuration_complete_once(
         optuna.load_study(study_name=name, storage=postgres_url)
     )
