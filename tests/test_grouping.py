@@ -246,3 +246,57 @@ def test_train_and_its_validation_metrics_are_those_of_batch_by_batch_evaluation
     assert metrics["val_loss"] == pytest.approx(one_by_one["loss"], rel=1e-5)
     whole_batch = model.evaluate(x, y, batch_size=len(x), verbose=0, return_dict=True)
     assert abs(whole_batch["loss"] - one_by_one["loss"]) > 1e-4  # the grouping mattered
+
+
+def _segment_moments(x, group_size):
+    """The general path of `grouped_batch_moments` (JAX, PyTorch, XLA), called directly."""
+    from bln_search import layer_gradient
+
+    original = layer_gradient._reshape_allowed
+    layer_gradient._reshape_allowed = lambda: False
+    try:
+        return layer_gradient.grouped_batch_moments(x, group_size)
+    finally:
+        layer_gradient._reshape_allowed = original
+
+
+@pytest.mark.parametrize("rank", sorted(SHAPES))
+@pytest.mark.parametrize("group_size", [0, 1, 2, 7, 25, 200])
+def test_tensorflow_s_grouped_moments_by_reshape_equal_the_segment_sums(rank, group_size):
+    """Without XLA, TensorFlow groups by reshaping (a third of the segment sums' time)."""
+    from bln_search.layer_gradient import _grouped_moments_by_reshape
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the reshape path is TensorFlow's")
+    x = batch(np.random.default_rng(int(rank[0])), 51, SHAPES[rank])  # 51: a remainder for 2, 7, 25
+    size = keras.ops.convert_to_tensor(group_size, "int32")
+    for got, want in zip(_grouped_moments_by_reshape(x, size), _segment_moments(x, size)):
+        assert got.shape == want.shape
+        assert error(got, want) <= 1e-6
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_repeated_evaluation_gives_evaluate_s_values_in_all_16_configurations(
+    data, steps_per_execution
+):
+    """The shared strategy's 16 evaluations an epoch skip `evaluate`'s per-call setup."""
+    from bln_search.evaluation import RepeatedEvaluation
+
+    keras.utils.set_random_seed(0)
+    model = models.build()
+    model.compile(
+        optimizer="sgd",
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+    )
+    (x, y), _ = data.train, data.validation
+    model.fit(x, y, batch_size=7, epochs=1, verbose=0)
+    validation = data.validation_dataset(21)  # 48 samples: 21, 21 and 6
+    repeated = RepeatedEvaluation(model, validation)
+    assert (repeated.steps is None) == (steps_per_execution != 1)  # else `evaluate` itself
+    with grouped_inference(model, 7):
+        for config in all_configurations():
+            configure(model, config)
+            got = repeated()
+            assert got == model.evaluate(validation, verbose=0, return_dict=True), config.label
