@@ -12,12 +12,13 @@ import optuna
 from bln_search.checkpoints import TrainingCheckpoints, job_key
 from bln_search.config import StatisticsConfig
 from bln_search.errors import MetricNotReported, failure_of
+from bln_search.evaluation import RepeatedEvaluation
 from bln_search.heartbeats import TrialHeartbeats
 from bln_search.interrupts import Deferral, deferred, interrupt_checker
 from bln_search.interrupts import check as check_interrupt
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
-from bln_search.storage import set_trial_attrs
+from bln_search.storage import report_together, set_trial_attrs
 from bln_search.strategies._base import Strategy, batch_events, training_logs_value
 from bln_search.trials import (
     ATTR_RESUMED,
@@ -170,6 +171,7 @@ class SharedStrategy(Strategy):
         # Few large evaluation steps, grouped like training batches: the same metrics.
         evaluation_batch = settings.evaluation_batch(model, self.data, setup.batch_size)
         validation = self.data.validation_dataset(evaluation_batch or setup.batch_size)
+        evaluate = RepeatedEvaluation(model, validation)
         prune = not isinstance(study.pruner, optuna.pruners.NopPruner)
         # Preflight admits only validation metrics, so every value comes from an evaluation.
         metric = settings.metric.removeprefix("val_")
@@ -187,11 +189,12 @@ class SharedStrategy(Strategy):
                 training_logs_value(logs, "loss", epoch)
             live = [job for job in jobs if job.live]
             observer.on_evaluation_start(epoch + 1, settings.epochs, len(live))
+            reports = []
             for job in live:
                 check_interrupt()
                 if job.config is not None:
                     configure(model, job.config)
-                results = model.evaluate(validation, verbose=0, return_dict=True)
+                results = evaluate()
                 if metric not in results:
                     raise MetricNotReported(settings.metric, [f"val_{name}" for name in results])
                 value = float(results[metric])
@@ -201,8 +204,9 @@ class SharedStrategy(Strategy):
                     continue
                 job.curve.values.append(value)
                 job.curve.add_others({f"val_{k}": v for k, v in results.items()}, settings.metric)
-                job.trial.report(value, step=epoch)
+                reports.append((job.trial, value))
                 observer.on_epoch_end(job.trial.number, epoch + 1, settings.epochs, value)
+            report_together(reports, epoch)
             # Prune only after every live configuration has reported this epoch.
             for job in live:
                 if job.live and prune and job.trial.should_prune():
