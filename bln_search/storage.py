@@ -384,35 +384,6 @@ def _write_trial_attrs(trial, user_attrs: dict, system_attrs: dict | None) -> No
             write(session, models.TrialSystemAttributeModel, trial_id, key, value)
 
 
-def report_together(reports: list, step: int) -> None:
-    """`Trial.report(value, step)` for each `(trial, value)` of running trials, in one
-    transaction on an RDB storage: a shared training reports 16 trials after each epoch, and
-    Optuna commits each report on its own (on SQLite, a disk sync each). A step already
-    reported is ignored, as `Trial.report` ignores it. Other storages get them one by one."""
-    fresh = [
-        (trial, float(value))
-        for trial, value in reports
-        if step not in trial._cached_frozen_trial.intermediate_values
-    ]
-    if not fresh:
-        return
-    backend = getattr(fresh[0][0].storage, "_backend", fresh[0][0].storage)
-    write = getattr(backend, "_set_trial_intermediate_value_without_commit", None)
-    try:  # Optuna's internals (4.x, 5.x): another version gets the public path below.
-        from optuna.storages._rdb.storage import _create_scoped_session
-    except ImportError:
-        write = None
-    if write is None or not hasattr(backend, "scoped_session"):
-        for trial, value in fresh:
-            trial.report(value, step)
-        return
-    with _create_scoped_session(backend.scoped_session, True) as session:
-        for trial, value in fresh:
-            write(session, trial._trial_id, step, value)
-    for trial, value in fresh:  # what `Trial.report` updates, which pruners read
-        trial._cached_frozen_trial.intermediate_values[step] = value
-
-
 def load_existing_study(storage, study_name: str):
     import optuna
 

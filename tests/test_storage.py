@@ -404,36 +404,3 @@ def test_a_trial_s_attributes_are_written_together_as_optuna_writes_each(tmp_pat
     assert written.user_attrs == expected.user_attrs == user
     assert {k: written.system_attrs[k] for k in system} == system
     assert {k: expected.system_attrs[k] for k in system} == system
-
-
-@pytest.mark.parametrize("where", ["sqlite", "memory"])
-def test_one_epoch_s_reports_are_written_together_as_optuna_writes_each(tmp_path, where):
-    """A shared training reported its 16 trials one transaction each, after every epoch."""
-    from sqlalchemy import event
-
-    from bln_search.storage import open_storage, report_together
-
-    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}") if where == "sqlite" else None
-    commits = []
-    if storage is not None:
-        event.listen(storage.engine, "commit", lambda connection: commits.append(1))
-    study = optuna.create_study(storage=storage)
-    together, plain = [study.ask() for _ in range(3)], [study.ask() for _ in range(3)]
-    values = [0.5, float("inf"), 0.125]
-    together[0].report(0.75, step=1)  # a step already reported is ignored, as by `report`
-    commits.clear()
-    report_together(list(zip(together, values)), step=1)
-    report_together(list(zip(together, values)), step=2)
-    assert len(commits) == (2 if where == "sqlite" else 0)
-    plain[0].report(0.75, step=1)
-    for trial, value in zip(plain, values):
-        trial.report(value, step=1)
-        trial.report(value, step=2)
-    for trial in together:  # the trial's own copy too, which pruners read
-        assert (
-            trial._cached_frozen_trial.intermediate_values
-            == study._storage.get_trial(trial._trial_id).intermediate_values
-        )
-    written = [study.tell(t, 1.0).intermediate_values for t in together]
-    expected = [study.tell(t, 1.0).intermediate_values for t in plain]
-    assert written == expected and written[0] == {1: 0.75, 2: 0.5}
