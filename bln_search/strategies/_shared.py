@@ -18,7 +18,7 @@ from bln_search.interrupts import Deferral, deferred, interrupt_checker
 from bln_search.interrupts import check as check_interrupt
 from bln_search.observer import SearchObserver
 from bln_search.sources import TrialSource
-from bln_search.storage import report_together, set_trial_attrs
+from bln_search.storage import set_trial_attrs
 from bln_search.strategies._base import Strategy, batch_events, training_logs_value
 from bln_search.trials import (
     ATTR_RESUMED,
@@ -189,7 +189,6 @@ class SharedStrategy(Strategy):
                 training_logs_value(logs, "loss", epoch)
             live = [job for job in jobs if job.live]
             observer.on_evaluation_start(epoch + 1, settings.epochs, len(live))
-            reports = []
             for job in live:
                 check_interrupt()
                 if job.config is not None:
@@ -204,9 +203,8 @@ class SharedStrategy(Strategy):
                     continue
                 job.curve.values.append(value)
                 job.curve.add_others({f"val_{k}": v for k, v in results.items()}, settings.metric)
-                reports.append((job.trial, value))
+                job.trial.report(value, step=epoch)
                 observer.on_epoch_end(job.trial.number, epoch + 1, settings.epochs, value)
-            report_together(reports, epoch)
             # Prune only after every live configuration has reported this epoch.
             for job in live:
                 if job.live and prune and job.trial.should_prune():
