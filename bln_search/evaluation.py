@@ -81,10 +81,11 @@ class RepeatedEvaluation:
     def _steps_if_plain(model, dataset) -> int | None:
         import keras
 
-        if _pythonify is None:
-            return None
-
-        if keras.backend.backend() != "tensorflow" or getattr(model, "steps_per_execution", 1) != 1:
+        if (
+            _pythonify is None
+            or keras.backend.backend() != "tensorflow"
+            or getattr(model, "steps_per_execution", 1) != 1
+        ):
             return None
         import tensorflow as tf
 
