@@ -14,7 +14,8 @@ training loops check it after every batch and raise again, and an unraisable
 Where a trial's results are being stored, half a write is worse than none (a
 trial left RUNNING, a finished training stored as interrupted): code there
 holds signals with `deferred()` or a `Deferral`, and a signal that arrives
-meanwhile is raised when the writes are done.
+meanwhile is raised when the writes are done. Every call of the storage is held
+the same way (`atomic_storage`): a signal inside one breaks the storage itself.
 """
 
 from __future__ import annotations
@@ -143,6 +144,20 @@ class Deferral:
 def deferred():
     """Signals arriving inside the block are raised at its end, so the writes in it complete."""
     with Deferral():
+        yield
+
+
+@contextlib.contextmanager
+def atomic():
+    """`deferred()` in the main thread, the one thread a signal is raised in; nothing elsewhere.
+
+    For calls that other threads make too (a storage's, from the heartbeat thread):
+    a hold taken there would raise the main thread's signal in that thread.
+    """
+    if threading.current_thread() is threading.main_thread():
+        with Deferral():
+            yield
+    else:
         yield
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bln_search.errors import StorageError, first_line
 from bln_search.faults import classify
+from bln_search.interrupts import atomic
 
 DEFAULT_STORAGE = "sqlite:///bln-search.db"
 """The embedded default: an SQLite file `bln-search.db` in the working directory."""
@@ -126,7 +127,9 @@ def open_storage(
     the 60 s lock wait every SQLite storage gets.
     """
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from bln_search.atomic_storage import AtomicRDBStorage
 
     url = check_url(url or DEFAULT_STORAGE)
     kwargs = {}
@@ -154,7 +157,7 @@ def open_storage(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+                storage = AtomicRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
             if url.startswith("sqlite"):
                 if concurrent:
                     with storage.engine.connect() as connection:
@@ -278,7 +281,7 @@ def open_existing_storage(url: str | None = None):
     """
     import sqlite3
 
-    from optuna.storages import RDBStorage
+    from bln_search.atomic_storage import AtomicRDBStorage
 
     url = check_url(url or DEFAULT_STORAGE)
     engine_kwargs = {"pool_pre_ping": True}
@@ -298,7 +301,7 @@ def open_existing_storage(url: str | None = None):
         }
     _opened.update(url=url, wait=sqlite_wait(url))
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+        return AtomicRDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
     except Exception as error:  # sqlalchemy raises many types for bad URLs and dead servers
         raise _open_failed(url, error) from None
 
@@ -376,8 +379,9 @@ def _write_trial_attrs(trial, user_attrs: dict, system_attrs: dict | None) -> No
         for key, value in (system_attrs or {}).items():
             storage.set_trial_system_attr(trial_id, key, value)
         return
-    # Optuna's own `set_trial_user_attr`, with one session around all of them.
-    with _create_scoped_session(backend.scoped_session, True) as session:
+    # Optuna's own `set_trial_user_attr`, with one session around all of them, which a signal
+    # must not cut in half either (`atomic_storage`).
+    with atomic(), _create_scoped_session(backend.scoped_session, True) as session:
         for key, value in user_attrs.items():
             write(session, models.TrialUserAttributeModel, trial_id, key, value)
         for key, value in (system_attrs or {}).items():

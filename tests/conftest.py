@@ -22,6 +22,19 @@ def storage(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of the PostgreSQL server `.ci/postgres start` started (CI always has one)."""
+    url = os.environ.get("BLN_SEARCH_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                "CI=true but BLN_SEARCH_POSTGRES_URL is not set: .ci/run must start PostgreSQL"
+            )
+        pytest.skip('no PostgreSQL server: eval "$(.ci/postgres start)" starts one (CI does)')
+    return url
+
+
+@pytest.fixture(scope="session")
 def searched(tmp_path_factory):
     """One CLI study with seeds, baselines, two batch sizes and test data.
 

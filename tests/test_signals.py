@@ -58,10 +58,14 @@ def alive(pid: int) -> bool:
 
 
 def start_run(
-    cwd: Path, *args: str, model: str = "build_slow", pause: str = "0.05"
+    cwd: Path, *args: str, model: str = "build_slow", pause: str = "0.05", meet: int = 0
 ) -> subprocess.Popen:
-    """`pause`: seconds per batch of build_slow; a re-run needs none (tests/fixtures/models.py)."""
+    """`pause`: seconds per batch of build_slow; a re-run needs none. `meet`: so many processes
+    start training together (tests/fixtures/models.py)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BLN_TEST_PAUSE": pause}
+    if meet:
+        (cwd / "meet").mkdir()
+        env["BLN_TEST_MEET"] = f"{cwd / 'meet'}:{meet}"
     env.pop("BLN_SEARCH_STORAGE", None)
     command = [str(BIN / "bln-search"), "run", "--model", f"{FIX}:{model}", "-q", *args]
     return subprocess.Popen(
@@ -156,10 +160,10 @@ def _both_workers_training(trials) -> bool:
 @pytest.mark.slow
 @needs_proc
 def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
-    # Enough epochs that both workers' trainings overlap even when one worker starts seconds
-    # after the other (4 epochs of 8 grouped evaluations can finish before the second starts).
-    args = ["--workers", "2", "--epochs", "8", "--pruner", "none"]
-    process = start_run(tmp_path, *args)
+    # The two workers start training together (under load one started so late that the other
+    # had finished all 8 epochs: nothing was left to stop).
+    args = ["--workers", "2", "--epochs", "4", "--pruner", "none"]
+    process = start_run(tmp_path, *args, meet=2)
     wait_until(tmp_path, process, _both_workers_training)
     workers = children_of(process.pid)
     assert workers
@@ -292,3 +296,110 @@ def test_a_signal_inside_a_finalizer_prints_no_traceback_and_is_raised_again(mon
         restore()
     assert [report.exc_value for report in seen] == [other]  # only the foreign one reported
     assert sys.unraisablehook == seen.append
+
+
+# A signal inside a storage call: SQLAlchemy cannot be stopped half-way through a session.
+
+
+def _lines_run_by(call) -> int:
+    count = [0]
+
+    def tracer(frame, event, arg):
+        count[0] += event == "line"
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count[0]
+
+
+def _signal_at_line(n: int, call) -> None:
+    """Runs `call`, sending this process SIGINT as the `n`-th line of Python inside it runs
+    (if it runs that many: a call's count varies a little)."""
+    count = [0]
+
+    def tracer(frame, event, arg):
+        if event == "line":
+            count[0] += 1
+            if count[0] == n:
+                os.kill(os.getpid(), signal.SIGINT)
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+def test_a_signal_inside_a_storage_call_is_raised_when_the_call_has_finished(
+    where, tmp_path, request
+):
+    """Before, Ctrl-C at the wrong line of a report (the worker test saw it on PostgreSQL)
+    became `IllegalStateChangeError` and left the thread's session broken (on SQLite holding
+    the write lock), so the interrupted trials could not be stored: 16 trials failed as
+    "StorageInternalError" and the run exited 1. Now the call finishes and the signal follows."""
+    from bln_search.storage import open_storage, set_trial_attrs
+
+    if where == "sqlite":
+        url = f"sqlite:///{tmp_path / 's.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    study = optuna.create_study(storage=open_storage(url), study_name=f"atomic-{os.getpid()}")
+    warm = study.ask()  # each kind of call once untraced: later ones run the same lines
+    warm.report(0.5, 0)
+    set_trial_attrs(warm, {"a": 1})
+    study.tell(warm, 0.5)
+    calls = {
+        "report": lambda trial: trial.report(0.25, 0),
+        "attributes": lambda trial: set_trial_attrs(trial, {"a": 2, "b": 3}),
+        "tell": lambda trial: study.tell(trial, 0.75),
+    }
+    reader = optuna.storages.RDBStorage(url)  # no cache: what the database holds
+    outcomes = {}
+    restore = interrupts.install()
+    try:
+        for kind, call in calls.items():
+            trial = study.ask()
+            lines = _lines_run_by(lambda: call(trial))  # noqa: B023
+            if kind != "tell":
+                study.tell(trial, state=FAIL)
+            for n in range(1, lines, max(1, lines // 25)):
+                trial = study.ask()
+                if kind == "tell":
+                    trial.report(0.25, 0)
+                try:
+                    _signal_at_line(n, lambda: call(trial))  # noqa: B023
+                    raised = False
+                except interrupts.Interrupted:
+                    raised = True
+                assert raised == (interrupts.received() is not None), (kind, n)
+                interrupts._reset()  # as a fresh signal handler
+                frozen = reader.get_trial(trial._trial_id)
+                # All or nothing (a signal before the storage call stops it from starting),
+                # and the storage goes on taking writes.
+                written = {
+                    "report": frozen.intermediate_values == {0: 0.25},
+                    "attributes": frozen.user_attrs == {"a": 2, "b": 3},
+                    "tell": (frozen.state, frozen.value) == (COMPLETE, 0.75),
+                }[kind]
+                nothing = {
+                    "report": frozen.intermediate_values == {},
+                    "attributes": frozen.user_attrs == {},
+                    "tell": frozen.state == RUNNING,
+                }[kind]
+                assert written or nothing, (kind, n, frozen)
+                if raised:
+                    outcomes[kind, written] = outcomes.get((kind, written), 0) + 1
+                if not (kind == "tell" and written):
+                    study.tell(trial, state=FAIL)
+    finally:
+        restore()
+    assert not study.get_trials(states=(RUNNING,))
+    # Most lines run inside the storage call (the signal waited for it to finish).
+    for kind in calls:
+        assert outcomes[kind, True] > outcomes.get((kind, False), 0), outcomes

@@ -289,23 +289,13 @@ def test_schema_written_by_another_optuna(copy, revision, message, command):
 # --- Names the backend cannot store are refused before training ---
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    url = os.environ.get("BLN_SEARCH_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but BLN_SEARCH_POSTGRES_URL is not set")
-        pytest.skip('no PostgreSQL server: eval "$(.ci/postgres start)" starts one (CI does)')
-    return url
-
-
-def test_study_name_too_long_for_postgresql(postgres):
+def test_study_name_too_long_for_postgresql(postgres_url):
     name = f"long-{uuid.uuid4().hex[:8]}-" + "n" * 600
-    result = run_model(postgres, name, "--epochs", "50")
+    result = run_model(postgres_url, name, "--epochs", "50")
     line = one_error_line(result)
     assert "too long" in line and "512" in line
     assert "training" not in result.stderr
-    names = [s.study_name for s in optuna.get_all_study_summaries(postgres)]
+    names = [s.study_name for s in optuna.get_all_study_summaries(postgres_url)]
     assert name not in names
 
 

@@ -31,18 +31,6 @@ RUNNING = optuna.trial.TrialState.RUNNING
 FAIL = optuna.trial.TrialState.FAIL
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    url = os.environ.get("BLN_SEARCH_POSTGRES_URL")
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail(
-                "CI=true but BLN_SEARCH_POSTGRES_URL is not set: .ci/run must start PostgreSQL"
-            )
-        pytest.skip('no PostgreSQL server: eval "$(.ci/postgres start)" starts one (CI does)')
-    return url
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
