@@ -36,13 +36,25 @@ def unique(prefix: str) -> str:
 
 
 def start_worker(
-    storage: str, study: str, *args: str, cwd: Path, model: str = "build", pause: str = "0.05"
+    storage: str,
+    study: str,
+    *args: str,
+    cwd: Path,
+    model: str = "build",
+    pause: str = "0.05",
+    meet: int = 0,
+    hang_at: int = 0,
 ) -> subprocess.Popen:
     """A `bln-search run` process; the storage URL goes in the environment, as for real users.
 
-    `pause`: seconds per batch of build_slow; a re-run needs none (tests/fixtures/models.py)."""
+    For build_slow (tests/fixtures/models.py): `pause` seconds per batch (a re-run needs none);
+    `meet`: so many processes start training together, however far apart they started;
+    `hang_at`: this process's training batch that never returns."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BLN_SEARCH_STORAGE": storage}
-    env["BLN_TEST_PAUSE"] = pause
+    env.update(BLN_TEST_PAUSE=pause, BLN_TEST_HANG_AT=str(hang_at))
+    if meet:
+        (cwd / "meet").mkdir(exist_ok=True)
+        env["BLN_TEST_MEET"] = f"{cwd / 'meet'}:{meet}"
     command = [
         str(BIN / "bln-search"),
         "run",
@@ -108,19 +120,10 @@ def test_three_workers_started_at_different_times_run_every_configuration_exactl
 ):
     name = unique("three")
     workers = []
-    for _ in range(3):
+    for _ in range(3):  # each trains its first trial only once all three have reached theirs
+        args = ["--strategy", "per-trial", "--epochs", "3", "--pruner", "none"]
         workers.append(
-            start_worker(
-                postgres_url,
-                name,
-                "--strategy",
-                "per-trial",
-                "--epochs",
-                "30",
-                "--pruner",
-                "none",
-                cwd=tmp_path,
-            )
+            start_worker(postgres_url, name, *args, cwd=tmp_path, model="build_slow", meet=3)
         )
         time.sleep(2)
     for process in workers:
@@ -134,9 +137,8 @@ def test_three_workers_started_at_different_times_run_every_configuration_exactl
 
 def test_the_workers_option_splits_a_shared_grid(postgres_url, tmp_path):
     name = unique("pool")
-    process = start_worker(
-        postgres_url, name, "--workers", "3", "--epochs", "40", "--pruner", "none", cwd=tmp_path
-    )
+    args = ["--workers", "3", "--epochs", "3", "--pruner", "none"]
+    process = start_worker(postgres_url, name, *args, cwd=tmp_path, model="build_slow", meet=3)
     err = finish(process)
     study = optuna.load_study(study_name=name, storage=postgres_url)
     complete = assert_each_configuration_complete_once(study)
@@ -152,24 +154,19 @@ def test_a_killed_worker_s_trials_are_retried_and_nothing_finished_is_lost(
     postgres_url, tmp_path, strategy
 ):
     name = unique("kill")
-    args = [
-        "--strategy",
-        strategy,
-        "--epochs",
-        "12" if strategy == "per-trial" else "6",
-        "--pruner",
-        "none",
-        "--heartbeat",
-        "1",
-    ]
+    epochs = 3 if strategy == "per-trial" else 6
+    args = ["--strategy", strategy, "--epochs", str(epochs), "--pruner", "none", "--heartbeat", "1"]
     if strategy == "shared":
         args += [
             "--configs-per-training",
             "8",
         ]  # two trainings: kill the second, the first must survive
     # The shared trainings pause in every batch, so the rescuer can repeat the victim's epochs.
-    model = "build" if strategy == "per-trial" else "build_slow"
-    victim = start_worker(postgres_url, name, *args, cwd=tmp_path, model=model)
+    # Per trial, the victim stops for good in its third trial's second epoch (3 batches an
+    # epoch), so the test kills it mid-trial without racing it.
+    model = "build_slow"
+    hang_at = 2 * 3 * epochs + 3 + 1 if strategy == "per-trial" else 0
+    victim = start_worker(postgres_url, name, *args, cwd=tmp_path, model=model, hang_at=hang_at)
 
     def mid_trial(trials):
         done = sum(t.state == COMPLETE for t in trials)
@@ -274,20 +271,21 @@ def test_the_storage_password_is_never_printed(postgres_url, tmp_path):
 
 def test_workers_on_the_default_sqlite_file_share_the_grid(tmp_path):
     """No server needed: local workers share an SQLite file in write-ahead-log mode."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "BLN_TEST_MEET": f"{tmp_path}/meet:3"}
     env.pop("BLN_SEARCH_STORAGE", None)
+    (tmp_path / "meet").mkdir()  # the three train their first trials together
     command = [
         str(BIN / "bln-search"),
         "run",
         "--model",
-        f"{FIX}:build",
+        f"{FIX}:build_slow",
         "-q",
         "--workers",
         "3",
         "--strategy",
         "per-trial",
         "--epochs",
-        "20",
+        "3",
         "--pruner",
         "none",
     ]
@@ -296,9 +294,10 @@ def test_workers_on_the_default_sqlite_file_share_the_grid(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     study = optuna.load_study(
-        study_name="models-build", storage=f"sqlite:///{tmp_path / 'bln-search.db'}"
+        study_name="models-build_slow", storage=f"sqlite:///{tmp_path / 'bln-search.db'}"
     )
-    assert_each_configuration_complete_once(study)
+    complete = assert_each_configuration_complete_once(study)
+    assert len({t.user_attrs["worker"] for t in complete}) == 3
 
 
 @pytest.mark.parametrize("strategy", ["per-trial", "shared"])
