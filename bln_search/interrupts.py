@@ -52,16 +52,16 @@ def _handler(signum, frame):
     raise Interrupted(signum)
 
 
-def install() -> Callable[[], None]:
-    """Makes SIGINT, SIGTERM and SIGHUP raise `Interrupted` in the main thread.
+def install(signals: tuple[int, ...] = SIGNALS) -> Callable[[], None]:
+    """Makes `signals` (SIGINT, SIGTERM and SIGHUP) raise `Interrupted` in the main thread.
 
     SIGINT also in a background job, where the shell ignores it; a SIGTERM or
     SIGHUP that is ignored (`nohup`) stays ignored. Returns a function that puts
     the previous handlers back and forgets any signal received meanwhile.
     """
     _reset()
-    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
-    for signum in SIGNALS:
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    for signum in signals:
         if signum == signal.SIGINT or previous[signum] is not signal.SIG_IGN:
             signal.signal(signum, _handler)
     previous_hook = sys.unraisablehook
@@ -79,6 +79,30 @@ def install() -> Callable[[], None]:
         _reset()
 
     return restore
+
+
+@contextlib.contextmanager
+def ctrl_c_handled():
+    """Ctrl-C handled inside the block as the CLI handles it, where nothing else handles it.
+
+    For the Python API: with Python's default handler a `KeyboardInterrupt` can land
+    inside a storage call and break the storage, or cut a trial's writes in half.
+    Only in the main thread and only over Python's default SIGINT handler (the CLI's,
+    or a program's own, stays); SIGTERM is left to the program.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    restore = install((signal.SIGINT,))
+    try:
+        yield
+        if _requested.is_set():  # raised where it could not be (a finalizer): raise it now
+            raise Interrupted(signal.SIGINT)
+    finally:
+        restore()
 
 
 def _reset() -> None:

@@ -29,6 +29,7 @@ from bln_search.errors import (
     SearchInterrupted,
     UsageError,
 )
+from bln_search.interrupts import ctrl_c_handled
 from bln_search.loading import Data
 from bln_search.manifest import (
     EXTENDABLE,
@@ -206,8 +207,9 @@ def search(
         study_attrs: Extra user attributes stored on a new study (e.g. the model spec).
 
     Returns:
-        The `optuna.Study`. Raises `SearchInterrupted` on Ctrl-C, `SearchFailed`
-        if every trial of this run failed.
+        The `optuna.Study`. Raises `SearchInterrupted` on Ctrl-C (once the storage
+        writes under way are done: the CLI's handling, where the program has Python's
+        default one), `SearchFailed` if every trial of this run failed.
     """
     grid = sampler is None
     batch_sizes = _batch_sizes(data, batch_size)
@@ -277,7 +279,8 @@ def search(
         batch_sizes=batch_sizes,
         baselines=variants[1:],
     )
-    with warnings.catch_warnings():
+    # Ctrl-C in a notebook or script waits for storage writes, as in the CLI.
+    with warnings.catch_warnings(), ctrl_c_handled():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Shared trainings ask and tell; their heartbeats are recorded by bln-search (heartbeats.TrialHeartbeats).
         warnings.filterwarnings(

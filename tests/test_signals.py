@@ -244,13 +244,26 @@ def cli_signal_handling():
     restore()
 
 
+@pytest.fixture
+def python_s_own_handler():
+    """Ctrl-C as a script or notebook has it: Python's default handler, nothing of ours."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
+@pytest.mark.parametrize("handler", ["cli_signal_handling", "python_s_own_handler"])
 @pytest.mark.parametrize(
     "strategy, moment",
     [("per-trial", "last epoch"), ("shared", "last epoch"), ("shared", "trial end")],
 )
 def test_a_signal_during_the_final_writes_lets_them_finish(
-    data, storage, cli_signal_handling, strategy, moment
+    data, storage, handler, request, strategy, moment
 ):
+    """Through the CLI's handlers, and through the Python API under Python's own handler
+    (before, its KeyboardInterrupt cut the writes: a finished training stored interrupted)."""
+    request.getfixturevalue(handler)
     observer = SignalAt(signal.SIGINT, moment)
     with pytest.raises(SearchInterrupted):
         bln_search.search(
@@ -268,6 +281,8 @@ def test_a_signal_during_the_final_writes_lets_them_finish(
     assert not study.get_trials(states=(RUNNING,))
     complete = {t.number for t in study.trials if t.state == COMPLETE}
     assert observer.trained <= complete  # finished training is never stored as interrupted
+    if handler == "python_s_own_handler":
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
 
 def test_a_signal_inside_a_finalizer_prints_no_traceback_and_is_raised_again(monkeypatch):
