@@ -316,30 +316,15 @@ def test_a_signal_inside_a_finalizer_prints_no_traceback_and_is_raised_again(mon
 # A signal inside a storage call: SQLAlchemy cannot be stopped half-way through a session.
 
 
-def _lines_run_by(call) -> int:
-    count = [0]
-
-    def tracer(frame, event, arg):
-        count[0] += event == "line"
-        return tracer
-
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(None)
-    return count[0]
-
-
-def _signal_at_line(n: int, call) -> None:
-    """Runs `call`, sending this process SIGINT as the `n`-th line of Python inside it runs
-    (if it runs that many: a call's count varies a little)."""
+def _run_counting_lines(call, signal_at: int = 0) -> int:
+    """Runs `call` and returns how many lines of Python ran inside it; sends this process
+    SIGINT as line `signal_at` runs (if it runs that many: a call's count varies a little)."""
     count = [0]
 
     def tracer(frame, event, arg):
         if event == "line":
             count[0] += 1
-            if count[0] == n:
+            if count[0] == signal_at:
                 os.kill(os.getpid(), signal.SIGINT)
         return tracer
 
@@ -348,6 +333,7 @@ def _signal_at_line(n: int, call) -> None:
         call()
     finally:
         sys.settrace(None)
+    return count[0]
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgres"])
@@ -380,7 +366,7 @@ def test_a_signal_inside_a_storage_call_is_raised_when_the_call_has_finished(
     try:
         for kind, call in calls.items():
             trial = study.ask()
-            lines = _lines_run_by(lambda: call(trial))  # noqa: B023
+            lines = _run_counting_lines(lambda: call(trial))  # noqa: B023
             if kind != "tell":
                 study.tell(trial, state=FAIL)
             for n in range(1, lines, max(1, lines // 25)):
@@ -388,7 +374,7 @@ def test_a_signal_inside_a_storage_call_is_raised_when_the_call_has_finished(
                 if kind == "tell":
                     trial.report(0.25, 0)
                 try:
-                    _signal_at_line(n, lambda: call(trial))  # noqa: B023
+                    _run_counting_lines(lambda: call(trial), signal_at=n)  # noqa: B023
                     raised = False
                 except interrupts.Interrupted:
                     raised = True
