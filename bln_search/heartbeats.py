@@ -10,6 +10,21 @@ import threading
 import time
 
 
+def fail_stale_trials(study) -> None:
+    """Optuna's `fail_stale_trials`, whose writes and retries a signal cannot separate.
+
+    It fails each stale trial, then queues its retry; a signal raised between the
+    two (each storage call finishes first, `atomic_storage`) left a dead worker's
+    trial failed and never retried.
+    """
+    import optuna
+
+    from bln_search.interrupts import atomic
+
+    with atomic():
+        optuna.storages.fail_stale_trials(study)
+
+
 def heartbeat_interval(storage) -> int | None:
     """Seconds between heartbeats if the storage records them (RDB storages opened by bln-search do)."""
     return getattr(storage, "get_heartbeat_interval", lambda: None)()

@@ -16,6 +16,7 @@ import optuna
 
 from bln_search.config import all_configurations
 from bln_search.errors import UsageError
+from bln_search.heartbeats import fail_stale_trials
 from bln_search.trials import (
     ATTR_FAIL_REASON,
     ATTR_QUEUED,
@@ -250,7 +251,7 @@ class SamplerSource(TrialSource):
         if not study.get_trials(deepcopy=False, states=(RUNNING,)):
             return False
         time.sleep(poll)
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
         return True
 
     def setup_for(self, trial: optuna.Trial) -> TrainingSetup:

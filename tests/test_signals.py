@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -162,7 +163,7 @@ def _both_workers_training(trials) -> bool:
 def test_sigterm_stops_every_worker_and_a_rerun_completes(tmp_path):
     # The two workers start training together (under load one started so late that the other
     # had finished all 8 epochs: nothing was left to stop).
-    args = ["--workers", "2", "--epochs", "4", "--pruner", "none"]
+    args = ["--workers", "2", "--epochs", "6", "--pruner", "none"]
     process = start_run(tmp_path, *args, meet=2)
     wait_until(tmp_path, process, _both_workers_training)
     workers = children_of(process.pid)
@@ -350,7 +351,9 @@ def test_a_signal_inside_a_storage_call_is_raised_when_the_call_has_finished(
         url = f"sqlite:///{tmp_path / 's.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    study = optuna.create_study(storage=open_storage(url), study_name=f"atomic-{os.getpid()}")
+    study = optuna.create_study(
+        storage=open_storage(url), study_name=f"atomic-{uuid.uuid4().hex[:8]}"
+    )
     warm = study.ask()  # each kind of call once untraced: later ones run the same lines
     warm.report(0.5, 0)
     set_trial_attrs(warm, {"a": 1})
@@ -404,3 +407,38 @@ def test_a_signal_inside_a_storage_call_is_raised_when_the_call_has_finished(
     # Most lines run inside the storage call (the signal waited for it to finish).
     for kind in calls:
         assert outcomes[kind, True] > outcomes.get((kind, False), 0), outcomes
+
+
+def test_a_signal_while_a_dead_worker_s_trial_is_failed_waits_for_its_retry(
+    tmp_path, cli_signal_handling
+):
+    """Optuna fails a stale trial, then queues its retry. A signal raised between the two (right
+    after the failing write, now that storage calls finish first) left it failed, never retried."""
+    from bln_search.heartbeats import fail_stale_trials
+    from bln_search.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_seconds=1)
+    study = optuna.create_study(storage=storage, study_name="stale")
+    dead = study.ask()
+    storage.record_heartbeat(dead._trial_id)
+    deadline = time.monotonic() + 30  # silent for twice the heartbeat: its worker is dead
+    while not storage._get_stale_trial_ids(study._study_id) and time.monotonic() < deadline:
+        time.sleep(0.2)  # (SQLite's clock has whole seconds)
+    sent = []
+
+    def tracer(frame, event, arg):  # SIGINT as the write that fails it returns
+        if event == "return" and frame.f_code.co_name == "set_trial_state_values" and not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGINT))
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(interrupts.Interrupted):
+            fail_stale_trials(study)
+    finally:
+        sys.settrace(None)
+    assert sent
+    trials = optuna.load_study(study_name="stale", storage=storage).trials
+    assert trials[dead.number].state == FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert [t.state for t in retries] == [optuna.trial.TrialState.WAITING]

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import optuna
 
 from bln_search.errors import MetricNotReported
-from bln_search.heartbeats import OrphanWatch
+from bln_search.heartbeats import OrphanWatch, fail_stale_trials
 from bln_search.interrupts import check as check_interrupt
 from bln_search.loading import Data
 from bln_search.observer import BATCH_EVENT_SECONDS, SearchObserver
@@ -101,7 +101,7 @@ class Strategy:
     def _tick(study: optuna.Study) -> None:
         """Between trainings: a pending Ctrl-C stops, and trials of dead workers are failed (and retried)."""
         check_interrupt()
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
 
     def _build(self, setup, trial=None):
         """The model for `setup`: the preflight's when it matches, else one built under the setup's seed.
