@@ -99,8 +99,6 @@ def ctrl_c_handled():
     restore = install((signal.SIGINT,))
     try:
         yield
-        if _requested.is_set():  # raised where it could not be (a finalizer): raise it now
-            raise Interrupted(signal.SIGINT)
     finally:
         restore()
 

@@ -29,6 +29,7 @@ from bln_search.errors import (
     SearchInterrupted,
     UsageError,
 )
+from bln_search.interrupts import check as check_interrupt
 from bln_search.interrupts import ctrl_c_handled
 from bln_search.loading import Data
 from bln_search.manifest import (
@@ -324,6 +325,7 @@ def search(
         )
         try:
             runner.run(study, source, outcomes, limit=configs_per_training)
+            check_interrupt()  # one that landed where it could not be raised (a finalizer)
         except (KeyboardInterrupt, BLNSearchError) as error:
             source.recover(
                 study
