@@ -352,7 +352,9 @@ def test_sigint_stops_cleanly_and_a_rerun_completes(tmp_path, strategy):
     import time
 
     # The same command for the re-run (a study refuses other epochs), on a model slow enough to stop.
-    args = ["run", "--model", f"{FIX}:build_slow", "--epochs", "2", "-q", "--pruner", "none"]
+    # Shared: the signal must come before the one training ends, and 4 epochs leave it time.
+    epochs = "2" if strategy == "per-trial" else "4"
+    args = ["run", "--model", f"{FIX}:build_slow", "--epochs", epochs, "-q", "--pruner", "none"]
     args += ["--strategy", strategy]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     process = subprocess.Popen(
