@@ -104,10 +104,16 @@ def failure_of(error: BaseException) -> tuple[str, str, BaseException]:
 
     A `TrialFailed` keeps its own reason and lets the search go on; Ctrl-C is
     `interrupted`; any other error stops the search, a foreign one wrapped
-    into a one-line `UserCodeError`.
+    into a one-line `UserCodeError`. Once a signal has asked the search to stop,
+    any error is `interrupted`: its handler may have run inside code that turned
+    its exception into another (TensorFlow's call of Python raises its own error).
     """
+    from bln_search import interrupts
+
     if isinstance(error, KeyboardInterrupt):
         return "interrupted", "", error
+    if interrupts.received() is not None and not isinstance(error, TrialFailed):
+        return "interrupted", "", interrupts.Interrupted(interrupts.received())
     if isinstance(error, TrialFailed):
         return error.reason, str(error), error
     if isinstance(error, BLNSearchError):

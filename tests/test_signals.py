@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -442,3 +443,52 @@ def test_a_signal_while_a_dead_worker_s_trial_is_failed_waits_for_its_retry(
     assert trials[dead.number].state == FAIL
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert [t.state for t in retries] == [optuna.trial.TrialState.WAITING]
+
+
+def _build_signalled_inside_the_step():
+    """Ctrl-C's handler runs inside TensorFlow's call of Python (a `tf.numpy_function`) in
+    training batch 5, so its exception reaches the search as an error of TensorFlow's."""
+    import keras
+    import tensorflow as tf
+
+    batches = [0]
+
+    def pause(training):
+        if training:
+            batches[0] += 1
+            if batches[0] == 5:
+                interrupts._handler(signal.SIGINT, None)  # as Python runs it on Ctrl-C
+        return np.bool_(True)
+
+    class Pause(keras.layers.Layer):
+        def call(self, inputs, training=None):
+            done = tf.numpy_function(pause, [training is True], tf.bool, stateful=True)
+            with tf.control_dependencies([done]):
+                return tf.identity(inputs)
+
+    model = models._model(compile=False)
+    model = keras.Sequential([keras.Input((models.FEATURES,)), Pause(), *model.layers])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("strategy", ["per-trial", "shared"])
+def test_a_signal_that_tensorflow_turns_into_its_own_error_still_stops_as_interrupted(
+    data, storage, cli_signal_handling, strategy
+):
+    """Seen in CI: Ctrl-C inside the compiled step reached the search as "RuntimeError:
+    pybind11::error_already_set ... REPLACED BY Interrupted", so the run failed with exit 1."""
+    with pytest.raises(SearchInterrupted):
+        bln_search.search(
+            _build_signalled_inside_the_step,
+            data,
+            study_name="inside",
+            storage=storage,
+            epochs=3,
+            strategy=strategy,
+            pruner=None,
+        )
+    study = optuna.load_study(study_name="inside", storage=storage)
+    assert not study.get_trials(states=(RUNNING,))
+    stopped = [t for t in study.trials if t.state == FAIL]
+    assert stopped and {t.user_attrs.get("fail_reason") for t in stopped} == {"interrupted"}
